@@ -1,0 +1,43 @@
+"""geor_jax: Geo-R (Chain of Region SFT + Haversine-reward GRPO) for Qwen2.5-VL in JAX."""
+
+from setuptools import find_packages, setup
+
+CORE = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "ml_collections==1.1.0",
+    "absl-py==2.5.1",
+    "numpy==2.4.6",
+    "scipy==1.17.1",
+    "safetensors==0.8.0",
+    "transformers==5.23.0",
+    "tokenizers==0.23.3",
+    "tensorflow-datasets==4.9.10",
+    "array_record==0.8.6",
+    "grain==0.2.18",
+    "protobuf==7.36.2",
+    "pillow==13.0.0",
+    "reverse_geocoder==1.5.1",
+    "pycountry==26.2.16",
+]
+
+TEST = [
+    # CPU wheel on disk; only for parity tests against transformers.
+    "torch==2.13.0",
+    "pytest==9.2.0",
+    "pytest-xdist==3.8.0",
+    "hypothesis==6.170.15",
+]
+
+setup(
+    name="geor_jax",
+    version="0.1.0",
+    description=__doc__,
+    packages=find_packages(include=["geor_jax", "geor_jax.*"]),
+    python_requires=">=3.11",
+    install_requires=CORE,
+    extras_require={"test": TEST, "bench": TEST},
+)
