@@ -27,22 +27,33 @@ GEOR_BREAKPOINT_VALUES = (1.0, 0.5, 0.2, 0.0)
 def haversine_km(lat1, lon1, lat2, lon2, radius_km: float = EARTH_RADIUS_KM):
     """Great-circle distance in km between points given in degrees.
 
-    Uses the haversine form ``2 R asin(sqrt(a))``, which is accurate for small
-    distances. ``a`` is clipped to [0, 1] so rounding can never produce NaN,
-    and the gradient is defined as 0 where the distance is not differentiable
-    (identical and antipodal points) instead of inf/NaN.
+    The central angle is ``2 atan2(sqrt(a), sqrt(1 - a))`` with ``a`` the
+    haversine of the angle and ``1 - a`` computed directly as the haversine to
+    the antipode, so float32 stays accurate from metres up to antipodal
+    points (the usual ``asin(sqrt(a))`` loses kilometres there). Coordinate
+    differences are taken in degrees first, so nearby points keep their
+    precision, across the antimeridian too. The gradient is 0, not NaN, where the distance has a kink
+    (identical and antipodal points).
     """
-    lat1, lon1, lat2, lon2 = (jnp.radians(jnp.asarray(x)) for x in (lat1, lon1, lat2, lon2))
-    sin_dlat = jnp.sin((lat2 - lat1) / 2)
-    sin_dlon = jnp.sin((lon2 - lon1) / 2)
-    a = sin_dlat**2 + jnp.cos(lat1) * jnp.cos(lat2) * sin_dlon**2
-    a = jnp.clip(a, 0.0, 1.0)
-    # asin(sqrt(a)) has infinite slope at a = 0 and a = 1; route those points
-    # through a constant so their gradient is 0 rather than NaN.
-    interior = (a > 0.0) & (a < 1.0)
-    safe_a = jnp.where(interior, a, 0.5)
-    central_angle = jnp.where(interior, 2.0 * jnp.arcsin(jnp.sqrt(safe_a)), jnp.pi * a)
-    return radius_km * central_angle
+    lat1, lon1, lat2, lon2 = (jnp.asarray(x) for x in (lat1, lon1, lat2, lon2))
+    half_dlat = jnp.radians(lat2 - lat1) / 2
+    # Wrap the longitude gap into [-180, 180] so pairs across the antimeridian
+    # keep the precision of a small angle (shifting only wide gaps keeps
+    # small ones exact).
+    dlon = lon2 - lon1
+    dlon = jnp.where(dlon > 180.0, dlon - 360.0, jnp.where(dlon < -180.0, dlon + 360.0, dlon))
+    half_dlon = jnp.radians(dlon) / 2
+    half_lat_sum = jnp.radians(lat1 + lat2) / 2
+    cos_product = jnp.cos(jnp.radians(lat1)) * jnp.cos(jnp.radians(lat2))
+    hav = jnp.sin(half_dlat) ** 2 + cos_product * jnp.sin(half_dlon) ** 2
+    hav_antipode = jnp.sin(half_lat_sum) ** 2 + cos_product * jnp.cos(half_dlon) ** 2
+    return radius_km * 2.0 * jnp.arctan2(_safe_sqrt(hav), _safe_sqrt(hav_antipode))
+
+
+def _safe_sqrt(x):
+    """sqrt of max(x, 0) with gradient 0 instead of inf at 0."""
+    positive = x > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)
 
 
 def distance_reward(
