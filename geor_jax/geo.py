@@ -5,6 +5,7 @@ over any leading shape (inputs broadcast against each other). Angles are in
 degrees, distances in kilometres.
 """
 
+import math
 from collections.abc import Sequence
 
 import jax.numpy as jnp
@@ -27,27 +28,64 @@ GEOR_BREAKPOINT_VALUES = (1.0, 0.5, 0.2, 0.0)
 def haversine_km(lat1, lon1, lat2, lon2, radius_km: float = EARTH_RADIUS_KM):
     """Great-circle distance in km between points given in degrees.
 
-    The central angle is ``2 atan2(sqrt(a), sqrt(1 - a))`` with ``a`` the
-    haversine of the angle and ``1 - a`` computed directly as the haversine to
-    the antipode, so float32 stays accurate from metres up to antipodal
-    points (the usual ``asin(sqrt(a))`` loses kilometres there). Coordinate
-    differences are taken in degrees first, so nearby points keep their
-    precision, across the antimeridian too. The gradient is 0, not NaN, where the distance has a kink
-    (identical and antipodal points).
+    Latitudes in [-90, 90]; longitudes any (their gap is wrapped). The central
+    angle is ``2 atan2(sqrt(h), sqrt(1 - h))`` with ``h`` the haversine and
+    ``1 - h`` computed directly as the haversine to the antipode, so float32
+    stays accurate from metres to antipodes (``asin(sqrt(h))`` loses
+    kilometres there). Angle differences are taken in degrees, where they are
+    exact, and cosines as sines of complements (``cos x = sin(90 - |x|)``).
+    The gradient is 0, not NaN, at the kinks (identical, antipodal points).
+    Computes in float32 at least (float64 if given float64).
     """
-    lat1, lon1, lat2, lon2 = (jnp.asarray(x) for x in (lat1, lon1, lat2, lon2))
-    half_dlat = jnp.radians(lat2 - lat1) / 2
-    # Wrap the longitude gap into [-180, 180] so pairs across the antimeridian
-    # keep the precision of a small angle (shifting only wide gaps keeps
-    # small ones exact).
+    dtype = jnp.promote_types(jnp.result_type(lat1, lon1, lat2, lon2), jnp.float32)
+    lat1, lon1, lat2, lon2 = (jnp.asarray(x, dtype) for x in (lat1, lon1, lat2, lon2))
     dlon = lon2 - lon1
-    dlon = jnp.where(dlon > 180.0, dlon - 360.0, jnp.where(dlon < -180.0, dlon + 360.0, dlon))
-    half_dlon = jnp.radians(dlon) / 2
-    half_lat_sum = jnp.radians(lat1 + lat2) / 2
-    cos_product = jnp.cos(jnp.radians(lat1)) * jnp.cos(jnp.radians(lat2))
-    hav = jnp.sin(half_dlat) ** 2 + cos_product * jnp.sin(half_dlon) ** 2
-    hav_antipode = jnp.sin(half_lat_sum) ** 2 + cos_product * jnp.cos(half_dlon) ** 2
-    return radius_km * 2.0 * jnp.arctan2(_safe_sqrt(hav), _safe_sqrt(hav_antipode))
+    dlon = dlon - 360.0 * jnp.round(dlon / 360.0)  # exact for small gaps
+    cos_product = _sin_deg(90.0 - jnp.abs(lat1)) * _sin_deg(90.0 - jnp.abs(lat2))
+    sin_half_dlon = _sin_deg(dlon / 2)
+    cos_half_dlon = _sin_deg(90.0 - jnp.abs(dlon) / 2)
+    hav = _sin_deg((lat2 - lat1) / 2) ** 2 + cos_product * sin_half_dlon**2
+    hav_antipode = _sin_deg((lat1 + lat2) / 2) ** 2 + cos_product * cos_half_dlon**2
+    return radius_km * 2.0 * _atan2_nonnegative(_safe_sqrt(hav), _safe_sqrt(hav_antipode))
+
+
+# XLA's CPU sin/cos/atan2 are scalar library calls, 10-20x slower than
+# NumPy's SIMD ones (tools/bench/rewards.py). The angles here are bounded, so
+# short polynomials, which XLA vectorises, reach full float32/float64 accuracy.
+
+
+def _odd_series(x, coefficient, terms: int):
+    """``x * sum_k coefficient(k) x^(2k)`` for k < terms, by Horner in x^2."""
+    x2 = x * x
+    total = jnp.full_like(x, coefficient(terms - 1))
+    for k in range(terms - 2, -1, -1):
+        total = total * x2 + coefficient(k)
+    return x * total
+
+
+def _terms(x, float32_terms: int, float64_terms: int) -> int:
+    return float64_terms if x.dtype == jnp.float64 else float32_terms
+
+
+def _sin_deg(degrees):
+    """sin of an angle in [-90, 90] degrees (Taylor series, error < 1 ulp)."""
+    x = degrees * (math.pi / 180.0)
+    return _odd_series(x, lambda k: (-1) ** k / math.factorial(2 * k + 1), _terms(x, 7, 11))
+
+
+def _atan2_nonnegative(y, x):
+    """atan2(y, x) for y, x >= 0, not both 0: an angle in [0, pi/2].
+
+    Reduces to atan(t), t in [0, 1], then by atan t = pi/4 + atan((t-1)/(t+1))
+    to |u| <= tan(pi/8), where the Taylor series converges fast.
+    """
+    swap = y > x
+    t = jnp.where(swap, x, y) / jnp.where(swap, y, x)
+    shift = t > math.tan(math.pi / 8)
+    u = jnp.where(shift, (t - 1.0) / (t + 1.0), t)
+    atan_u = _odd_series(u, lambda k: (-1) ** k / (2 * k + 1), _terms(u, 10, 21))
+    atan_t = jnp.where(shift, math.pi / 4 + atan_u, atan_u)
+    return jnp.where(swap, math.pi / 2 - atan_t, atan_t)
 
 
 def _safe_sqrt(x):
