@@ -1,0 +1,83 @@
+"""Orbax checkpoints of a training run: save every N steps, keep K, resume exactly.
+
+A checkpoint holds the train state (any pytree of arrays: params, optimizer
+state, step, RNG key data) and, as JSON, the input pipeline's iterator state,
+so a resumed run sees exactly the batches an uninterrupted run would.
+Restores go onto whatever shardings the caller's abstract state carries, so
+a run saved on one mesh resumes on another.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+_STATE, _DATA = "state", "data"
+
+
+class Checkpointer:
+    """Periodic, asynchronous, bounded checkpointing into ``directory``.
+
+    save_every: save when ``step % save_every == 0`` (or when forced).
+    keep: how many of the newest checkpoints to keep on disk.
+    """
+
+    def __init__(self, directory: str, *, save_every: int, keep: int = 3, async_save: bool = True):
+        if save_every < 1 or keep < 1:
+            raise ValueError(f"Checkpointer needs save_every >= 1 and keep >= 1, got {save_every} and {keep}")
+        self.save_every = save_every
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save)
+        self._manager = ocp.CheckpointManager(directory, options=options, item_names=(_STATE, _DATA))
+
+    @property
+    def steps(self) -> list[int]:
+        """Steps with a finalised checkpoint on disk, oldest first."""
+        return sorted(self._manager.all_steps())
+
+    def save(self, step: int, state: Any, data_state: dict | None = None, *, force: bool = False) -> bool:
+        """Start saving ``state`` (and the iterator's ``data_state``) if ``step`` is due.
+
+        Returns whether a save started. Saves run in the background; the next
+        save, ``wait`` or ``close`` waits for the previous one.
+        """
+        if step % self.save_every and not force:
+            return False
+        args = ocp.args.Composite(**{
+            _STATE: ocp.args.StandardSave(state),
+            _DATA: ocp.args.JsonSave(data_state or {}),
+        })
+        return self._manager.save(step, args=args, force=True)
+
+    def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict] | None:
+        """(step, state, data_state) of the newest readable checkpoint, or None.
+
+        ``abstract_state``: the state's pytree of ``jax.ShapeDtypeStruct`` (with
+        shardings) or arrays, which fixes structure, dtypes and placement. A
+        checkpoint that fails to read (truncated or corrupted files) is skipped
+        with a warning and the previous one is tried.
+        """
+        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+        for step in reversed(self.steps):
+            try:
+                restored = self._manager.restore(step, args=ocp.args.Composite(**{
+                    _STATE: ocp.args.StandardRestore(target),
+                    _DATA: ocp.args.JsonRestore(),
+                }))
+            except Exception as error:  # orbax/tensorstore raise many types for bad files
+                logging.warning("checkpoint at step %d is unreadable (%s: %s); trying an older one",
+                                step, type(error).__name__, error)
+                continue
+            return step, restored[_STATE], dict(restored[_DATA] or {})
+        return None
+
+    def wait(self) -> None:
+        """Block until any background save has finished."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Finish pending saves and release the manager."""
+        self._manager.wait_until_finished()
+        self._manager.close()
