@@ -46,27 +46,38 @@ def group_advantages(rewards, group_size: int, scale: str = "group", eps: float 
     return advantages.reshape(-1), metrics
 
 
-def _token_mean(per_token, mask, max_length):
+def _token_mean(mask, max_length):
     del max_length
-    return jnp.sum(per_token * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    return mask / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-def _sequence_mean_token_mean(per_token, mask, max_length):
+def _sequence_mean_token_mean(mask, max_length):
     del max_length
-    per_sequence = jnp.sum(per_token * mask, axis=1) / jnp.maximum(jnp.sum(mask, axis=1), 1.0)
-    return jnp.mean(per_sequence)
+    return mask / (jnp.maximum(jnp.sum(mask, axis=1, keepdims=True), 1.0) * mask.shape[0])
 
 
-def _dr_grpo(per_token, mask, max_length):
-    return jnp.sum(per_token * mask) / (per_token.shape[0] * max_length)
+def _dr_grpo(mask, max_length):
+    return mask / (mask.shape[0] * max_length)
 
 
-# How per-token losses become one number; each is (per_token, mask, max_length) -> scalar.
+# How per-token losses become one number: each maps (mask, max_length) to
+# per-token weights, and the loss is sum(per_token_loss * weights). Weights
+# computed on a whole batch and sliced into micro-batches make gradient
+# accumulation exact.
 AGGREGATIONS: dict[str, Callable] = {
     "token-mean": _token_mean,  # every completion token weighs the same (DAPO, TRL's default)
     "sequence-mean-token-mean": _sequence_mean_token_mean,  # the original GRPO
     "dr-grpo": _dr_grpo,  # constant normaliser rows * max length (Dr. GRPO): no length bias
 }
+
+
+def token_weights(mask, aggregation: str = "token-mean", max_length: int | None = None):
+    """Per-token loss weights (rows, T) of an aggregation; they sum to 1 for "token-mean"."""
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"aggregation={aggregation!r}: choose one of {sorted(AGGREGATIONS)}")
+    mask = jnp.asarray(mask)
+    mask = mask.astype(jnp.promote_types(mask.dtype, jnp.float32))
+    return AGGREGATIONS[aggregation](mask, mask.shape[1] if max_length is None else max_length)
 
 
 def grpo_loss(
@@ -81,6 +92,7 @@ def grpo_loss(
     beta: float = 0.04,
     aggregation: str = "token-mean",
     max_length: int | None = None,
+    weights=None,
     logits=None,
 ):
     """The GRPO objective to minimise, and its diagnostics.
@@ -94,29 +106,30 @@ def grpo_loss(
     with ``ratio = exp(logp - old_logp)``; ``clip_eps_high`` defaults to
     ``clip_eps`` (set it higher for DAPO's clip-higher). ``aggregation`` is a
     key of ``AGGREGATIONS``; "dr-grpo" divides by ``max_length`` (default T).
+    ``weights`` overrides the aggregation with precomputed ``token_weights``
+    (of the whole batch, when this call sees one micro-batch of it).
     ``logits`` (rows, T, vocab), if given, adds the mean token entropy.
     """
-    if aggregation not in AGGREGATIONS:
-        raise ValueError(f"aggregation={aggregation!r}: choose one of {sorted(AGGREGATIONS)}")
     if beta != 0 and ref_logp is None:
         raise ValueError("grpo_loss: beta != 0 needs ref_logp")
     logp, old_logp, advantages = jnp.asarray(logp), jnp.asarray(old_logp), jnp.asarray(advantages)
     clip_eps_high = clip_eps if clip_eps_high is None else clip_eps_high
-    max_length = logp.shape[1] if max_length is None else max_length
+    if weights is None:
+        weights = token_weights(mask, aggregation, max_length)
     mask = jnp.asarray(mask, logp.dtype)
     advantages = advantages[:, None]
 
     ratio = jnp.exp(logp - old_logp)
     clipped_ratio = jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps_high)
     per_token = -jnp.minimum(ratio * advantages, clipped_ratio * advantages)
-    token_mean = lambda x: _token_mean(x, mask, max_length)  # noqa: E731
+    token_mean = lambda x: jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)  # noqa: E731
     metrics = {}
     if beta != 0:
         log_ratio_ref = ref_logp - logp
         kl = jnp.exp(log_ratio_ref) - log_ratio_ref - 1.0
         per_token = per_token + beta * kl
         metrics["kl"] = token_mean(kl)
-    loss = AGGREGATIONS[aggregation](per_token, mask, max_length)
+    loss = jnp.sum(per_token * weights.astype(per_token.dtype))
 
     clipped = ((ratio < 1.0 - clip_eps) & (advantages < 0)) | ((ratio > 1.0 + clip_eps_high) & (advantages > 0))
     metrics["clip_fraction"] = token_mean(clipped.astype(logp.dtype))

@@ -53,6 +53,18 @@ def test_loss_and_gradient_match_torch(aggregation, beta, clip_high):
     assert np.all(np.asarray(grad)[mask == 0] == 0)
 
 
+@pytest.mark.parametrize("aggregation", sorted(grpo.AGGREGATIONS))
+def test_micro_batches_with_batch_weights_sum_to_the_full_loss(aggregation):
+    logp, old, ref, adv, mask = random_batch(5, rows=8)
+    full, _ = grpo.grpo_loss(logp, old, ref, adv, mask, aggregation=aggregation)
+    weights = grpo.token_weights(mask, aggregation)
+    parts = [
+        grpo.grpo_loss(logp[s], old[s], ref[s], adv[s], mask[s], weights=weights[s])[0]
+        for s in (slice(0, 3), slice(3, 8))
+    ]
+    assert float(sum(parts)) == pytest.approx(float(full), rel=1e-5)
+
+
 def test_loss_metrics():
     logp, old, ref, adv, mask = random_batch(1)
     logits = np.random.default_rng(2).normal(size=(*logp.shape, 5)).astype(np.float32)
