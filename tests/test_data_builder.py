@@ -130,3 +130,23 @@ def test_long_side_resize_and_missing_columns(tmp_path):
         f.write("image,where\nwide.jpg,Tokyo\n")
     with pytest.raises(ValueError, match="no latitude column"):
         builder.build_records("generic", str(manual), str(tmp_path / "data2"), csv_path="bad_header.csv")
+
+
+def test_build_dataset_cli(tmp_path):
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root}
+    tool = os.path.join(root, "tools", "build_dataset.py")
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    _write_bad_collection(str(manual))
+    failed = subprocess.run([sys.executable, tool, f"--manual_dir={manual}", f"--data_dir={tmp_path / 'bad'}"],
+                            cwd=root, env=env, capture_output=True, text=True)
+    assert failed.returncode == 2 and "image_unreadable: 2" in failed.stderr
+    ok = subprocess.run([sys.executable, tool, f"--manual_dir={manual}", f"--data_dir={tmp_path / 'ok'}",
+                         "--max_bad_fraction=0.9", "--max_long_side=32"],
+                        cwd=root, env=env, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert "5 written" in ok.stdout and "generic_max32" in ok.stdout
