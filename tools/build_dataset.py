@@ -14,12 +14,13 @@ build_report.json next to the records. Exits non-zero with the report when
 more than --max_bad_fraction of the rows are bad.
 """
 
+import os
 import sys
 import time
 
 from absl import app, flags
 
-from geor_jax.data import builder, demo_world, layouts
+from geor_jax.data import builder, demo_world, layouts, tokenizer
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("layout", "generic", sorted(layouts.LAYOUTS), "On-disk layout of the collection.")
@@ -37,6 +38,8 @@ flags.DEFINE_integer("chunk_size", 2048, "Rows reverse-geocoded per batch.")
 flags.DEFINE_bool("demo", False, "Generate and build the offline demo world instead.")
 flags.DEFINE_integer("demo_images", 300, "Demo world size.")
 flags.DEFINE_integer("demo_seed", 0, "Demo world seed.")
+flags.DEFINE_integer("demo_vocab_size", 8192, "With --demo: vocab of the demo BPE tokenizer written to "
+                     "<data_dir>/demo_tokenizer (0 skips it).")
 flags.mark_flag_as_required("data_dir")
 
 
@@ -47,6 +50,12 @@ def main(argv):
         if FLAGS.demo:
             records_dir, report = demo_world.build_demo_records(FLAGS.data_dir, num_images=FLAGS.demo_images,
                                                                 seed=FLAGS.demo_seed)
+            print(f"demo world records: {time.perf_counter() - start:.1f} s")
+            tokenizer_dir = os.path.join(FLAGS.data_dir, "demo_tokenizer")
+            if FLAGS.demo_vocab_size and not os.path.isfile(os.path.join(tokenizer_dir, "tokenizer.json")):
+                tok = tokenizer.build_demo_tokenizer(tokenizer_dir, vocab_size=FLAGS.demo_vocab_size)
+                print(f"demo tokenizer: {tokenizer_dir} (vocab {tok.vocab_size}, "
+                      f"{tok.special_ids.model_config_overrides()})")
         else:
             if not FLAGS.manual_dir:
                 raise app.UsageError("--manual_dir is required (or --demo)")

@@ -62,7 +62,7 @@ class PipelineConfig:
     split: str = "train"
     global_batch_size: int = 16
     buckets: tuple[tuple[int, int], ...] = ((224, 224),)  # (height, width), multiples of 28
-    max_prompt_len: int = 160
+    max_prompt_len: int = 192
     max_target_len: int = 64
     seed: int = 0
     shuffle: bool = True
@@ -286,6 +286,16 @@ class GeoBatchIterator:
     def set_state(self, state: bytes) -> None:
         """Continue from a state ``get_state`` returned (same config required)."""
         self.grain_iterator.set_state(state)
+
+
+def config_from_dict(values) -> PipelineConfig:
+    """A PipelineConfig from a dict / ml_collections ConfigDict; unknown keys are ignored."""
+    values = dict(values.to_dict() if hasattr(values, "to_dict") else values)
+    fields = {f.name for f in dataclasses.fields(PipelineConfig)}
+    kwargs = {k: v for k, v in values.items() if k in fields}
+    if "buckets" in kwargs:
+        kwargs["buckets"] = tuple(tuple(int(v) for v in b) for b in kwargs["buckets"])
+    return PipelineConfig(**kwargs)
 
 
 def make_iterator(config: PipelineConfig, mesh=None, state: bytes | None = None,
