@@ -42,6 +42,7 @@ import io
 import logging
 from collections.abc import Sequence
 
+import grain.python as grain
 import numpy as np
 import PIL.Image
 
@@ -82,7 +83,7 @@ class Batch:
     host: dict[str, np.ndarray]
 
 
-class _DecodeRecord:
+class DecodeRecord(grain.MapTransform):
     """grain map: raw record -> RGB uint8 image plus plain Python fields."""
 
     def map(self, record):
@@ -93,17 +94,6 @@ class _DecodeRecord:
             value = record[key]
             out[key] = value.decode("utf-8") if isinstance(value, bytes) else str(value)
         return out
-
-
-# grain needs its transforms to subclass MapTransform; import lazily so this module loads fast.
-def _map_transform(obj):
-    import grain.python as grain
-
-    class DecodeRecord(grain.MapTransform):
-        def map(self, record):
-            return obj.map(record)
-
-    return DecodeRecord()
 
 
 class Collate:
@@ -242,7 +232,6 @@ class GeoBatchIterator:
     """
 
     def __init__(self, config: PipelineConfig, mesh=None, batch_axes: Sequence[str] | None = None):
-        import grain.python as grain
         import jax
 
         self.config, self.mesh, self.batch_axes = config, mesh, batch_axes
@@ -261,7 +250,7 @@ class GeoBatchIterator:
         self.loader = grain.DataLoader(
             data_source=source,
             sampler=sampler,
-            operations=[_map_transform(_DecodeRecord()),
+            operations=[DecodeRecord(),
                         grain.Batch(host_batch_size, drop_remainder=config.drop_remainder,
                                     batch_fn=Collate(config, host_batch_size))],
             worker_count=config.worker_count,
