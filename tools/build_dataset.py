@@ -44,6 +44,7 @@ flags.mark_flag_as_required("data_dir")
 
 
 def main(argv):
+    """Build the records (or the demo world) and report."""
     del argv
     start = time.perf_counter()
     try:

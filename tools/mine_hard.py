@@ -125,6 +125,7 @@ def benchmark(num_train, num_hotspots, radius_km):
 
 
 def main(argv):
+    """Read the training set and predictions, mine, write ids and a summary."""
     del argv
     if FLAGS.benchmark:
         benchmark(FLAGS.num_train, FLAGS.num_hotspots, FLAGS.radius_km)

@@ -189,6 +189,7 @@ class GeoCorRecords(tfds.core.GeneratorBasedBuilder):
     @tfds.core.utils.classproperty
     @classmethod
     def code_path(cls):
+        """None: the builder has no checksums file next to its code."""
         # No checksums file to find (nothing is downloaded); skipping the
         # lookup also avoids tfds needing the importlib_resources backport.
         return None

@@ -155,6 +155,7 @@ def read_rows(path: str, layout: Layout) -> Iterator[RawRow]:
         places = [(column, index[column]) for column in layout.place_columns if column in index]
 
         def cell(row, column):
+            """The stripped cell of ``column`` ('' past a short row's end)."""
             i = index[column]
             return row[i].strip() if i < len(row) else ""
 

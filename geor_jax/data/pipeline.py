@@ -87,6 +87,7 @@ class DecodeRecord(grain.MapTransform):
     """grain map: raw record -> RGB uint8 image plus plain Python fields."""
 
     def map(self, record):
+        """Decode the JPEG to RGB and turn bytes fields into str."""
         with PIL.Image.open(io.BytesIO(record["image"])) as image:
             pixels = np.asarray(image.convert("RGB"))
         out = {"image": pixels, "lat": float(record["lat"]), "lon": float(record["lon"])}
@@ -130,6 +131,7 @@ class Collate:
         return self._prompt_cache[bucket]
 
     def __call__(self, examples: Sequence[dict]) -> dict:
+        """Resize to the batch's bucket, patchify, tokenize and pad; short batches are padded."""
         config, batch_size = self.config, self.host_batch_size
         real = len(examples)
         examples = list(examples) + [examples[-1]] * (batch_size - real)  # pad a short last batch
@@ -261,6 +263,7 @@ class GeoBatchIterator:
         return self
 
     def __next__(self) -> Batch:
+        """The next batch (global arrays if a mesh was given)."""
         host_batch = next(self.grain_iterator)
         if self.mesh is not None:
             return to_global(host_batch, self.mesh, self.batch_axes)
