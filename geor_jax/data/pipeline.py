@@ -32,9 +32,9 @@ patch**2 = 1176)::
 Each prompt holds exactly one image span ``<|vision_start|>`` + grid_t*grid_h*
 grid_w / merge_size**2 ``<|image_pad|>`` + ``<|vision_end|>``. Because prompts
 are left-padded, real tokens of all prompts end at column P-1, so generation
-appends at the same column for every row; position ids must come from
-``cumsum(attention_mask) - 1`` (M-RoPE: text positions continue after the
-image's (t, h, w) grid), not from the column index.
+appends at the same column for every row; positions (M-RoPE's 3-D ones
+included) must be computed over attended tokens only, as transformers'
+``get_rope_index`` does with ``attention_mask``, never from the column index.
 """
 
 import dataclasses
