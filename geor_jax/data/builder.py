@@ -252,7 +252,11 @@ class GeoCorRecords(tfds.core.GeneratorBasedBuilder):
             raise BadRowsError(f"too many bad rows; nothing was published.\n{report.summary()}")
 
     def _write_chunk(self, chunk, pool) -> Iterator[tuple[str, dict]]:
-        """Encode a chunk's images in threads, reverse-geocode it in one call, yield its examples."""
+        """Reverse-geocode a chunk in one call, encode its images in threads, yield examples in order.
+
+        Examples are yielded as their images finish (pool.map keeps order),
+        so the progress bar moves per image, not per chunk.
+        """
         if not chunk:
             return
         config, report = self.builder_config, self.build_report
@@ -263,13 +267,11 @@ class GeoCorRecords(tfds.core.GeneratorBasedBuilder):
             except (OSError, ValueError, SyntaxError, PIL.Image.DecompressionBombError) as error:
                 return None, f"{item[3]}: {type(error).__name__}: {error}"
 
-        images = list(pool.map(load, chunk))
-        good = [(item, data) for item, (data, error) in zip(chunk, images) if data is not None]
-        for item, (data, error) in zip(chunk, images):
+        chains = regions.chain_of_region([(lat, lon) for _, lat, lon, _ in chunk])
+        for (row, lat, lon, _), region, (data, error) in zip(chunk, chains, pool.map(load, chunk)):
             if data is None:
-                report.add_bad("image_unreadable", item[0], error)
-        chains = regions.chain_of_region([(lat, lon) for (_, lat, lon, _), _ in good])
-        for ((row, lat, lon, _), data), region in zip(good, chains):
+                report.add_bad("image_unreadable", row, error)
+                continue
             report.written += 1
             yield row.id, {
                 "id": row.id,
