@@ -1,0 +1,300 @@
+"""The grain input pipeline: CoR records -> static-shape, sharded Qwen2.5-VL batches.
+
+Reads records built by ``geor_jax.data.builder`` through ``tfds``'s
+ArrayRecord data source (no TensorFlow) with a grain ``DataLoader``: seeded
+shuffle over a per-host shard, decode, resize every image of a batch to one
+configured resolution bucket, cut Qwen2.5-VL patches, tokenize the chat
+prompt (+ the CoR answer), pad to static lengths, and place the result on a
+mesh as global ``jax.Array``s. The iterator state is a small bytes blob:
+restoring it yields exactly the batches an uninterrupted run would have.
+
+Batch format (``Batch``; B = per-step global batch, N = patches per image,
+P = ``max_prompt_len``, T = ``max_target_len``, D = 3 * temporal_patch *
+patch**2 = 1176)::
+
+    arrays (device; global jax.Arrays when a mesh is given, else numpy)
+      prompt_tokens   int32   (B, P)    chat prompt, LEFT-padded with <|endoftext|>
+      prompt_mask     int32   (B, P)    1 on real prompt tokens
+      target_tokens   int32   (B, T)    CoR answer + <|im_end|>, RIGHT-padded
+      target_mask     int32   (B, T)    1 on real target tokens (incl. <|im_end|>)
+      tokens          int32   (B, P+T)  prompt_tokens ++ target_tokens (teacher forcing)
+      attention_mask  int32   (B, P+T)  prompt_mask ++ target_mask
+      loss_mask       int32   (B, P+T)  0 on the prompt, target_mask on the target:
+                                        loss on logits[:, t-1] predicting tokens[:, t]
+      pixel_values    float32 (B*N, D)  image i's patches are rows [i*N, (i+1)*N)
+      image_grid_thw  int32   (B, 3)    every row equals ``Batch.grid_thw``
+      lat, lon        float32 (B,)      ground truth, degrees
+      example_mask    int32   (B,)      0 on padding examples (only a last eval batch)
+    grid_thw          tuple (1, H/14, W/14), the batch's bucket: static, hashable
+    host (numpy, never sent to devices; this host's examples only)
+      id, country, country_code, state, city, answer   str (B_host,)
+
+Each prompt holds exactly one image span ``<|vision_start|>`` + grid_t*grid_h*
+grid_w / merge_size**2 ``<|image_pad|>`` + ``<|vision_end|>``. Because prompts
+are left-padded, real tokens of all prompts end at column P-1, so generation
+appends at the same column for every row; positions (M-RoPE's 3-D ones
+included) must be computed over attended tokens only, as transformers'
+``get_rope_index`` does with ``attention_mask``, never from the column index.
+"""
+
+import dataclasses
+import io
+import logging
+from collections.abc import Sequence
+
+import grain.python as grain
+import numpy as np
+import PIL.Image
+
+from geor_jax.data import builder, patches, prompts
+from geor_jax.data import tokenizer as tokenizer_lib
+
+DEVICE_KEYS = ("prompt_tokens", "prompt_mask", "target_tokens", "target_mask", "tokens", "attention_mask",
+               "loss_mask", "pixel_values", "image_grid_thw", "lat", "lon", "example_mask")
+HOST_KEYS = ("id", "country", "country_code", "state", "city", "answer")
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """Everything that fixes the batches (and so must match when resuming)."""
+
+    records_dir: str
+    tokenizer_dir: str
+    split: str = "train"
+    global_batch_size: int = 16
+    buckets: tuple[tuple[int, int], ...] = ((224, 224),)  # (height, width), multiples of 28
+    max_prompt_len: int = 192
+    max_target_len: int = 64
+    seed: int = 0
+    shuffle: bool = True
+    num_epochs: int | None = None  # None: repeat forever
+    drop_remainder: bool = True  # False pads the last batch (example_mask 0) for evaluation
+    worker_count: int = 0  # grain worker processes (need a __main__ guard and parsed absl flags)
+    patch: patches.PatchConfig = patches.PatchConfig()
+    prompt: prompts.PromptConfig = prompts.PromptConfig()
+
+
+@dataclasses.dataclass
+class Batch:
+    """One step's data: device arrays, the static image grid, and host-side strings."""
+
+    arrays: dict
+    grid_thw: tuple[int, int, int]
+    host: dict[str, np.ndarray]
+
+
+class DecodeRecord(grain.MapTransform):
+    """grain map: raw record -> RGB uint8 image plus plain Python fields."""
+
+    def map(self, record):
+        """Decode the JPEG to RGB and turn bytes fields into str."""
+        with PIL.Image.open(io.BytesIO(record["image"])) as image:
+            pixels = np.asarray(image.convert("RGB"))
+        out = {"image": pixels, "lat": float(record["lat"]), "lon": float(record["lon"])}
+        for key in HOST_KEYS:
+            value = record[key]
+            out[key] = value.decode("utf-8") if isinstance(value, bytes) else str(value)
+        return out
+
+
+class Collate:
+    """grain batch_fn: a list of decoded examples -> one static-shape host batch (numpy dict).
+
+    Picklable (loads its tokenizer lazily) so grain worker processes can run it.
+    """
+
+    def __init__(self, config: PipelineConfig, host_batch_size: int):
+        self.config = config
+        self.host_batch_size = host_batch_size
+        self._tokenizer = None
+        self._prompt_cache: dict[tuple[int, int], list[int]] = {}
+
+    def __getstate__(self):
+        return {"config": self.config, "host_batch_size": self.host_batch_size}
+
+    def __setstate__(self, state):
+        self.__init__(state["config"], state["host_batch_size"])
+
+    @property
+    def tokenizer(self) -> tokenizer_lib.Tokenizer:
+        """The tokenizer, loaded on first use in whichever process runs the collate."""
+        if self._tokenizer is None:
+            self._tokenizer = tokenizer_lib.load_tokenizer(self.config.tokenizer_dir)
+        return self._tokenizer
+
+    def prompt_ids(self, bucket: tuple[int, int]) -> list[int]:
+        """Token ids of the (identical) prompt of every image in ``bucket``."""
+        if bucket not in self._prompt_cache:
+            grid = (1, bucket[0] // self.config.patch.patch_size, bucket[1] // self.config.patch.patch_size)
+            count = patches.num_image_tokens(grid, self.config.patch.merge_size)
+            self._prompt_cache[bucket] = self.tokenizer.encode(prompts.render_prompt(count, self.config.prompt))
+        return self._prompt_cache[bucket]
+
+    def __call__(self, examples: Sequence[dict]) -> dict:
+        """Resize to the batch's bucket, patchify, tokenize and pad; short batches are padded."""
+        config, batch_size = self.config, self.host_batch_size
+        real = len(examples)
+        examples = list(examples) + [examples[-1]] * (batch_size - real)  # pad a short last batch
+        bucket = patches.choose_bucket([e["image"].shape[1] / e["image"].shape[0] for e in examples[:real]],
+                                       config.buckets)
+        pixel_values, grids = [], set()
+        for example in examples:
+            values, grid = patches.image_to_patches(patches.resize(example["image"], *bucket), config.patch)
+            pixel_values.append(values)
+            grids.add(grid)
+        (grid,) = grids
+        special = self.tokenizer.special_ids
+        P, T = config.max_prompt_len, config.max_target_len
+        prompt = self.prompt_ids(bucket)
+        if len(prompt) > P:
+            raise ValueError(f"prompt for bucket {bucket} is {len(prompt)} tokens > max_prompt_len {P}")
+        prompt_tokens = np.full((batch_size, P), special.pad, np.int32)
+        prompt_mask = np.zeros((batch_size, P), np.int32)
+        prompt_tokens[:, P - len(prompt):] = prompt
+        prompt_mask[:, P - len(prompt):] = 1
+        targets = self.tokenizer.encode_batch([prompts.render_target(e["answer"]) for e in examples])
+        target_tokens = np.full((batch_size, T), special.pad, np.int32)
+        target_mask = np.zeros((batch_size, T), np.int32)
+        for row, ids in enumerate(targets):
+            if len(ids) > T:
+                logging.warning("target of %s is %d tokens, truncated to max_target_len %d",
+                                examples[row]["id"], len(ids), T)
+                ids = ids[:T]
+            target_tokens[row, : len(ids)] = ids
+            target_mask[row, : len(ids)] = 1
+        example_mask = (np.arange(batch_size) < real).astype(np.int32)
+        batch = {
+            "prompt_tokens": prompt_tokens,
+            "prompt_mask": prompt_mask,
+            "target_tokens": target_tokens,
+            "target_mask": target_mask,
+            "tokens": np.concatenate([prompt_tokens, target_tokens], axis=1),
+            "attention_mask": np.concatenate([prompt_mask, target_mask], axis=1),
+            "loss_mask": np.concatenate([np.zeros_like(prompt_mask), target_mask], axis=1),
+            "pixel_values": np.concatenate(pixel_values, axis=0),
+            "image_grid_thw": np.tile(np.asarray(grid, np.int32), (batch_size, 1)),
+            "lat": np.asarray([e["lat"] for e in examples], np.float32),
+            "lon": np.asarray([e["lon"] for e in examples], np.float32),
+            "example_mask": example_mask,
+        }
+        for key in HOST_KEYS:
+            batch[key] = np.asarray([e[key] for e in examples], dtype=np.str_)
+        return batch
+
+
+def check_config(config: PipelineConfig, tokenizer: tokenizer_lib.Tokenizer | None = None) -> dict:
+    """Validate buckets and lengths up front; returns {bucket: prompt length in tokens}.
+
+    Every bucket side must be a multiple of patch_size * merge_size and every
+    bucket's prompt must fit ``max_prompt_len``.
+    """
+    collate = Collate(config, 1)
+    if tokenizer is not None:
+        collate._tokenizer = tokenizer
+    lengths = {}
+    for bucket in config.buckets:
+        height, width = bucket
+        if height % config.patch.factor or width % config.patch.factor:
+            raise ValueError(f"bucket {bucket} sides must be multiples of {config.patch.factor}")
+        lengths[tuple(bucket)] = len(collate.prompt_ids(tuple(bucket)))
+        if lengths[tuple(bucket)] > config.max_prompt_len:
+            raise ValueError(f"bucket {bucket} needs a {lengths[tuple(bucket)]}-token prompt; "
+                             f"raise max_prompt_len above {config.max_prompt_len}")
+    return lengths
+
+
+def _batch_axes(mesh) -> tuple[str, ...]:
+    """Mesh axes the batch dimension is split over: data and fsdp where present."""
+    axes = tuple(a for a in ("data", "fsdp") if a in mesh.axis_names)
+    return axes or (mesh.axis_names[0],)
+
+
+def to_global(host_batch: dict, mesh, batch_axes: Sequence[str] | None = None) -> Batch:
+    """Place a host batch on ``mesh`` as global arrays split along the batch over ``batch_axes``.
+
+    Works on one or many hosts (``jax.make_array_from_process_local_data``):
+    each host passes its own slice; the global batch is all hosts' slices.
+    """
+    import jax
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    axes = tuple(batch_axes) if batch_axes is not None else _batch_axes(mesh)
+    sharding = NamedSharding(mesh, PartitionSpec(axes))
+    arrays = {key: jax.make_array_from_process_local_data(sharding, host_batch[key]) for key in DEVICE_KEYS}
+    return Batch(arrays, tuple(int(v) for v in host_batch["image_grid_thw"][0]),
+                 {key: host_batch[key] for key in HOST_KEYS})
+
+
+class GeoBatchIterator:
+    """Iterator of ``Batch``es with checkpointable state (``get_state``/``set_state``).
+
+    Without a mesh the arrays stay numpy (host batch); with one they are
+    global ``jax.Array``s. ``grain_iterator`` is the underlying grain
+    iterator, for orbax's ``grain.python.PyGrainCheckpointHandler``.
+    """
+
+    def __init__(self, config: PipelineConfig, mesh=None, batch_axes: Sequence[str] | None = None):
+        import jax
+
+        self.config, self.mesh, self.batch_axes = config, mesh, batch_axes
+        processes = jax.process_count()
+        if config.global_batch_size % processes:
+            raise ValueError(f"global_batch_size {config.global_batch_size} not divisible by {processes} hosts")
+        host_batch_size = config.global_batch_size // processes
+        source = builder.open_records(config.records_dir, config.split)
+        sampler = grain.IndexSampler(
+            num_records=len(source),
+            shard_options=grain.ShardByJaxProcess(drop_remainder=True),
+            shuffle=config.shuffle,
+            num_epochs=config.num_epochs,
+            seed=config.seed,
+        )
+        self.loader = grain.DataLoader(
+            data_source=source,
+            sampler=sampler,
+            operations=[DecodeRecord(),
+                        grain.Batch(host_batch_size, drop_remainder=config.drop_remainder,
+                                    batch_fn=Collate(config, host_batch_size))],
+            worker_count=config.worker_count,
+        )
+        self.grain_iterator = iter(self.loader)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> Batch:
+        """The next batch (global arrays if a mesh was given)."""
+        host_batch = next(self.grain_iterator)
+        if self.mesh is not None:
+            return to_global(host_batch, self.mesh, self.batch_axes)
+        return Batch({k: host_batch[k] for k in DEVICE_KEYS},
+                     tuple(int(v) for v in host_batch["image_grid_thw"][0]),
+                     {k: host_batch[k] for k in HOST_KEYS})
+
+    def get_state(self) -> bytes:
+        """Where the iterator is (which records come next); small, JSON bytes."""
+        return self.grain_iterator.get_state()
+
+    def set_state(self, state: bytes) -> None:
+        """Continue from a state ``get_state`` returned (same config required)."""
+        self.grain_iterator.set_state(state)
+
+
+def config_from_dict(values) -> PipelineConfig:
+    """A PipelineConfig from a dict / ml_collections ConfigDict; unknown keys are ignored."""
+    values = dict(values.to_dict() if hasattr(values, "to_dict") else values)
+    fields = {f.name for f in dataclasses.fields(PipelineConfig)}
+    kwargs = {k: v for k, v in values.items() if k in fields}
+    if "buckets" in kwargs:
+        kwargs["buckets"] = tuple(tuple(int(v) for v in b) for b in kwargs["buckets"])
+    return PipelineConfig(**kwargs)
+
+
+def make_iterator(config: PipelineConfig, mesh=None, state: bytes | None = None,
+                  batch_axes: Sequence[str] | None = None) -> GeoBatchIterator:
+    """Build the batch iterator, checking the config first; resume from ``state`` if given."""
+    check_config(config)
+    iterator = GeoBatchIterator(config, mesh, batch_axes)
+    if state is not None:
+        iterator.set_state(state)
+    return iterator

@@ -1,0 +1,63 @@
+"""MP16-Hard mining: k-d tree result equals brute-force haversine; the CLI end to end."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from geor_jax import geo
+from geor_jax.data import hard_mining
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _brute_force_keep(lat, lon, hot_lat, hot_lon, radius_km):
+    d = np.asarray(geo.haversine_km(np.asarray(lat, np.float32)[:, None], np.asarray(lon, np.float32)[:, None],
+                                    np.asarray(hot_lat, np.float32)[None], np.asarray(hot_lon, np.float32)[None]))
+    return (d > radius_km).all(axis=1), d.min(axis=1)
+
+
+@pytest.mark.parametrize("radius_km", [50.0, 200.0, 1000.0])
+def test_matches_brute_force(radius_km):
+    rng = np.random.default_rng(int(radius_km))
+    centres = np.stack([rng.uniform(-70, 70, 40), rng.uniform(-180, 180, 40)], axis=1)
+    pick = centres[rng.integers(40, size=1500)]
+    lat, lon = np.clip(pick[:, 0] + rng.normal(0, 3, 1500), -90, 90), (pick[:, 1] + rng.normal(0, 3, 1500) + 180) % 360 - 180
+    hot = rng.choice(1500, 120, replace=False)
+    # Hotspots include points across the antimeridian and near a pole.
+    hot_lat = np.concatenate([lat[hot], [89.9, 0.0]])
+    hot_lon = np.concatenate([lon[hot], [10.0, 179.99]])
+    lat, lon = np.concatenate([lat, [89.0, 0.0, 0.0]]), np.concatenate([lon, [-170.0, -179.99, -178.0]])
+    keep = hard_mining.far_from_hotspots(lat, lon, hot_lat, hot_lon, radius_km)
+    expected, nearest = _brute_force_keep(lat, lon, hot_lat, hot_lon, radius_km)
+    clear = np.abs(nearest - radius_km) > 0.5  # float32 brute force is only exact away from the boundary
+    np.testing.assert_array_equal(keep[clear], expected[clear])
+    assert not keep[hot].any()  # a hotspot is within R of itself
+    assert keep[-3] == (radius_km < 111) and not keep[-2]  # pole and antimeridian neighbours
+
+
+def test_no_hotspots_keeps_everything_and_correct_predictions():
+    assert hard_mining.far_from_hotspots([1.0, 2.0], [3.0, 4.0], [], []).all()
+    correct = hard_mining.correct_predictions([35.7, 35.7, np.nan], [139.7, 140.5, 0.0], [35.69] * 3, [139.69] * 3, 25)
+    np.testing.assert_array_equal(correct, [True, False, False])
+
+
+def test_cli_writes_kept_ids(tmp_path):
+    train = [("tokyo", 35.6895, 139.6917), ("yokohama", 35.4437, 139.6380), ("osaka", 34.6937, 135.5023),
+             ("paris", 48.8566, 2.3522), ("lyon", 45.7640, 4.8357), ("sydney", -33.8688, 151.2093)]
+    with open(tmp_path / "train.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("id", "lat", "lon"), *train])
+    with open(tmp_path / "preds.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("id", "pred_lat", "pred_lon"), ("tokyo", 35.70, 139.70),  # solved -> hotspot
+                                 ("paris", 40.0, -3.7), ("sydney", "", "")])               # wrong, unparsable
+    out = tmp_path / "hard.txt"
+    subprocess.run([sys.executable, os.path.join(ROOT, "tools", "mine_hard.py"), f"--train={tmp_path / 'train.csv'}",
+                    f"--predictions={tmp_path / 'preds.csv'}", f"--output={out}"],
+                   check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True)
+    assert out.read_text().split() == ["osaka", "paris", "lyon", "sydney"]  # Tokyo, Yokohama within 200 km
+    summary = json.load(open(f"{out}.summary.json"))
+    assert summary["hotspots"] == 1 and summary["kept"] == 4

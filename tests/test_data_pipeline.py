@@ -1,0 +1,134 @@
+"""grain pipeline: batch format, image pad count, loss masks, buckets, seeded shuffle, exact resume, mesh placement."""
+
+import io
+
+import jax
+import numpy as np
+import PIL.Image
+import pytest
+
+from geor_jax.data import builder, demo_world, patches, pipeline, prompts
+from geor_jax.data import tokenizer as tokenizer_lib
+from tests import data_fixtures
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipe")
+    tok = tokenizer_lib.build_demo_tokenizer(root / "tok", vocab_size=2048,
+                                             texts=tokenizer_lib.demo_corpus(num_places=1500))
+    records_dir, _ = demo_world.build_demo_records(str(root / "data"), num_images=22, seed=5)
+    return root, tok, records_dir
+
+
+def _config(setup, **overrides):
+    root, _, records_dir = setup
+    kwargs = dict(records_dir=records_dir, tokenizer_dir=str(root / "tok"), global_batch_size=4,
+                  max_prompt_len=192, max_target_len=64, seed=7)
+    return pipeline.PipelineConfig(**(kwargs | overrides))
+
+
+def test_batch_format_masks_and_image_pads(setup):
+    _, tok, records_dir = setup
+    config = _config(setup)
+    batch = next(pipeline.make_iterator(config))
+    a, ids = batch.arrays, tok.special_ids
+    B, P, T = 4, 192, 64
+    assert batch.grid_thw == (1, 16, 16)
+    n_tokens = patches.num_image_tokens(batch.grid_thw)
+    assert a["pixel_values"].shape == (B * 256, 1176) and a["pixel_values"].dtype == np.float32
+    assert a["prompt_tokens"].shape == (B, P) and a["tokens"].shape == (B, P + T)
+    assert all(a[k].dtype == np.int32 for k in ("prompt_tokens", "prompt_mask", "tokens", "loss_mask"))
+    np.testing.assert_array_equal(a["image_grid_thw"], np.tile([1, 16, 16], (B, 1)))
+    source = builder.open_records(records_dir, "train")
+    by_id = {source[i]["id"].decode(): source[i] for i in range(len(source))}
+    for row in range(B):
+        mask = a["prompt_mask"][row]
+        first = int(np.argmax(mask))
+        assert mask[first:].all() and not mask[:first].any()  # left padding
+        assert (a["prompt_tokens"][row, :first] == ids.pad).all()
+        prompt_ids = a["prompt_tokens"][row, first:]
+        assert (prompt_ids == ids.image_pad).sum() == n_tokens == 64
+        assert tok.decode(prompt_ids) == prompts.render_prompt(n_tokens)
+        target = a["target_tokens"][row][a["target_mask"][row] == 1]
+        record = by_id[batch.host["id"][row]]
+        assert tok.decode(target) == record["answer"].decode() + "<|im_end|>"
+        assert batch.host["answer"][row] == record["answer"].decode()
+        # Loss only on target tokens, which sit right after the prompt.
+        np.testing.assert_array_equal(a["loss_mask"][row, :P], 0)
+        np.testing.assert_array_equal(a["loss_mask"][row, P:], a["target_mask"][row])
+        np.testing.assert_array_equal(a["tokens"][row, P:], a["target_tokens"][row])
+        assert a["lat"][row] == pytest.approx(record["lat"], abs=1e-4)
+        # Patches are this record's image.
+        image = np.asarray(PIL.Image.open(io.BytesIO(record["image"])).convert("RGB"))
+        expected, _ = patches.image_to_patches(patches.resize(image, 224, 224))
+        np.testing.assert_array_equal(a["pixel_values"][row * 256:(row + 1) * 256], expected)
+    np.testing.assert_array_equal(a["example_mask"], 1)
+
+
+def _take(iterator, n):
+    return [next(iterator) for _ in range(n)]
+
+
+def _same(a, b):
+    for key in pipeline.DEVICE_KEYS:
+        np.testing.assert_array_equal(np.asarray(a.arrays[key]), np.asarray(b.arrays[key]), err_msg=key)
+    np.testing.assert_array_equal(a.host["id"], b.host["id"])
+
+
+def test_resume_from_saved_state_yields_the_uninterrupted_batches(setup):
+    config = _config(setup)  # 22 records / 4 per batch: the run crosses epoch boundaries
+    uninterrupted = _take(pipeline.make_iterator(config), 9)
+    first = pipeline.make_iterator(config)
+    _take(first, 4)
+    state = first.get_state()
+    assert isinstance(state, bytes) and len(state) < 4096
+    resumed = pipeline.make_iterator(config, state=state)
+    for expected, got in zip(uninterrupted[4:], _take(resumed, 5)):
+        _same(expected, got)
+
+
+def test_seeded_shuffle_covers_each_record_once_per_epoch(setup):
+    config = _config(setup, num_epochs=1, drop_remainder=False)
+    batches = list(pipeline.make_iterator(config))
+    ids = np.concatenate([b.host["id"][b.arrays["example_mask"] == 1] for b in batches])
+    assert len(batches) == 6 and len(ids) == 22 and len(set(ids)) == 22
+    np.testing.assert_array_equal(batches[-1].arrays["example_mask"], [1, 1, 0, 0])  # padded eval batch
+    again = np.concatenate([b.host["id"] for b in pipeline.make_iterator(config)])
+    other = np.concatenate([b.host["id"] for b in pipeline.make_iterator(_config(setup, num_epochs=1, seed=8,
+                                                                                  drop_remainder=False))])
+    assert list(again[:22]) == list(ids) and list(other[:22]) != list(ids)
+
+
+def test_buckets_follow_the_batch_aspect_ratio(setup, tmp_path):
+    root, tok, _ = setup
+    manual = tmp_path / "manual"
+    for i, (stem, lat, lon, _) in enumerate(data_fixtures.PLACES):
+        data_fixtures.write_jpeg(str(manual / f"{stem}.jpg"), i, size=(300, 140))
+    with open(manual / "images.csv", "w") as f:
+        f.write("image_path,lat,lon\n" + "".join(f"{s}.jpg,{la},{lo}\n" for s, la, lo, _ in data_fixtures.PLACES))
+    records_dir, _ = builder.build_records("generic", str(manual), str(tmp_path / "data"))
+    config = _config(setup, records_dir=records_dir, buckets=((224, 224), (168, 336)), global_batch_size=2)
+    batch = next(pipeline.make_iterator(config))
+    assert batch.grid_thw == (1, 12, 24)
+    assert batch.arrays["pixel_values"].shape == (2 * 12 * 24, 1176)
+    assert (batch.arrays["prompt_tokens"][0] == tok.special_ids.image_pad).sum() == 72
+    with pytest.raises(ValueError, match="multiples of 28"):
+        pipeline.check_config(_config(setup, buckets=((224, 200),)))
+    with pytest.raises(ValueError, match="max_prompt_len"):
+        pipeline.check_config(_config(setup, max_prompt_len=64))
+
+
+def test_global_arrays_on_a_mesh(setup):
+    config = _config(setup, global_batch_size=8)
+    mesh = jax.make_mesh((2, 4), ("data", "fsdp"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+    host = next(pipeline.make_iterator(config))
+    placed = next(pipeline.make_iterator(config, mesh=mesh))
+    for key in pipeline.DEVICE_KEYS:
+        array = placed.arrays[key]
+        assert isinstance(array, jax.Array) and array.shape == host.arrays[key].shape
+        assert array.sharding.spec[0] == ("data", "fsdp")
+        np.testing.assert_array_equal(np.asarray(array), host.arrays[key])
+    # Each device holds whole images: 8 examples over 8 devices -> 256 patch rows each.
+    assert {s.data.shape for s in placed.arrays["pixel_values"].addressable_shards} == {(256, 1176)}
+    assert placed.grid_thw == (1, 16, 16)
