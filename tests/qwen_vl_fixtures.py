@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -89,3 +91,22 @@ def hf_logits(model, ids, mask=None, pixel_values=None, grids=None) -> np.ndarra
         )
     with torch.no_grad():
         return model(**kwargs).logits.float().numpy()
+
+
+def nnx_logits(model, ids, mask=None, pixel_values=None, grids=()) -> np.ndarray:
+    """Logits of the NNX model under jit (one compile per input signature)."""
+    import jax.numpy as jnp
+
+    as_jnp = lambda a: None if a is None else jnp.asarray(a)
+    return np.asarray(_jit_forward()(model, as_jnp(ids), as_jnp(mask), as_jnp(pixel_values), tuple(grids)))
+
+
+@functools.cache
+def _jit_forward():
+    """The jitted forward, built on first use so importing this module does not start JAX."""
+    from flax import nnx
+
+    def forward(model, ids, mask, pixel_values, grids):
+        return model(ids, mask, pixel_values=pixel_values, image_grid_thw=grids).logits
+
+    return nnx.jit(forward, static_argnames="grids")

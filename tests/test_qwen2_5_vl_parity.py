@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from geor_jax.models import qwen2_5_vl as qvl
-from qwen_vl_fixtures import GRID_A, GRID_B, hf_logits, hf_model, left_pad, patches, prompt
+from qwen_vl_fixtures import GRID_A, GRID_B, hf_logits, hf_model, left_pad, nnx_logits, patches, prompt
 
 TOL = 1e-4
 VARIANTS = ["qwen2_5_vl", "qwen2_vl"]
@@ -46,7 +46,7 @@ def test_vision_tower_alone(models):
 def test_text_only(models):
     hf, model = models
     ids = np.array([prompt(np.random.RandomState(1), 20, (), 0)])
-    assert _max_diff(hf_logits(hf, ids), model(jnp.asarray(ids)).logits) <= TOL
+    assert _max_diff(hf_logits(hf, ids), nnx_logits(model, ids)) <= TOL
 
 
 def test_one_image(models):
@@ -54,7 +54,7 @@ def test_one_image(models):
     grids = (GRID_A,)
     ids = np.array([prompt(np.random.RandomState(2), 5, grids, 4)])
     pix = patches(grids, model.config.vision.patch_dim)
-    got = model(jnp.asarray(ids), pixel_values=jnp.asarray(pix), image_grid_thw=grids).logits
+    got = nnx_logits(model, ids, pixel_values=pix, grids=grids)
     assert _max_diff(hf_logits(hf, ids, pixel_values=pix, grids=grids), got) <= TOL
 
 
@@ -63,7 +63,7 @@ def test_two_images_of_different_sizes_in_one_sample(models):
     grids = (GRID_B, GRID_A)
     ids = np.array([prompt(np.random.RandomState(3), 3, grids, 6)])
     pix = patches(grids, model.config.vision.patch_dim)
-    got = model(jnp.asarray(ids), pixel_values=jnp.asarray(pix), image_grid_thw=grids).logits
+    got = nnx_logits(model, ids, pixel_values=pix, grids=grids)
     assert _max_diff(hf_logits(hf, ids, pixel_values=pix, grids=grids), got) <= TOL
 
 
@@ -75,7 +75,7 @@ def test_left_padded_batch_with_images(models):
     assert mask[0].sum() < mask[1].sum()
     pix = patches(grids, model.config.vision.patch_dim)
     ref = hf_logits(hf, ids, mask, pix, grids)
-    got = np.asarray(model(jnp.asarray(ids), jnp.asarray(mask), pixel_values=jnp.asarray(pix), image_grid_thw=grids).logits)
+    got = nnx_logits(model, ids, mask, pix, grids)
     real = mask.astype(bool)
     assert _max_diff(ref[real], got[real]) <= TOL
 
@@ -86,7 +86,7 @@ def test_left_padded_text_batch_matches_unpadded_rows(models):
     rng = np.random.RandomState(5)
     rows = [prompt(rng, 7, (), 0), prompt(rng, 15, (), 0)]
     ids, mask = left_pad(rows)
-    got = np.asarray(model(jnp.asarray(ids), jnp.asarray(mask)).logits)
+    got = nnx_logits(model, ids, mask)
     for i, row in enumerate(rows):
         ref = hf_logits(hf, np.array([row]))[0]
         assert _max_diff(ref, got[i, mask[i].astype(bool)]) <= TOL
@@ -99,5 +99,5 @@ def test_token_logprobs_match_log_softmax(models):
     ids = np.array([prompt(np.random.RandomState(6), 12, (), 0)])
     logits = hf_logits(hf, ids)
     ref = torch.log_softmax(torch.tensor(logits[:, :-1]), -1).gather(-1, torch.tensor(ids[:, 1:, None]))[..., 0].numpy()
-    got = qvl.token_logprobs(model(jnp.asarray(ids)).logits[:, :-1], jnp.asarray(ids[:, 1:]))
+    got = qvl.token_logprobs(jnp.asarray(nnx_logits(model, ids))[:, :-1], jnp.asarray(ids[:, 1:]))
     assert _max_diff(ref, got) <= TOL
