@@ -77,6 +77,9 @@ def to_hf_layout(array: np.ndarray, var: nnx.Variable, hf_shape: tuple[int, ...]
 
 
 def _hf_shape(path: tuple, model: Qwen2VL) -> tuple[int, ...] | None:
+    """HF shape where it is not the 2-D/1-D default: flat biases, the 5-D patch conv."""
+    if path[-1] == "bias":
+        return (-1,)
     if path[:2] == ("vision", "patch_embed"):
         v = model.config.vision
         return (v.hidden_size, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size)
