@@ -17,7 +17,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from geor_jax.models.qwen2_5_vl.layers import LOGICAL_AXES
+# Metadata key on nnx.Param holding one logical axis name (or None) per dimension.
+LOGICAL_AXES = "logical_axes"
 
 MESH_AXES = ("data", "fsdp", "tensor")
 

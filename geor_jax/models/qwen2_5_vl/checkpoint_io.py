@@ -29,7 +29,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceShardin
 from geor_jax import sharding as sharding_lib
 from geor_jax.models.qwen2_5_vl import safetensors_io
 from geor_jax.models.qwen2_5_vl.config import load_config, to_hf_dict
-from geor_jax.models.qwen2_5_vl.layers import LOGICAL_AXES
 from geor_jax.models.qwen2_5_vl.model import Qwen2VL
 
 _RENAMES = {

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-LOGICAL_AXES = "logical_axes"
+from geor_jax.sharding import LOGICAL_AXES
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
