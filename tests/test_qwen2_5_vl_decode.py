@@ -85,18 +85,26 @@ def _close(a, b) -> bool:
     return np.max(np.abs(a - b)) <= 1e-4 * max(1.0, np.max(np.abs(b)))
 
 
-@pytest.mark.parametrize("options", [dict(remat=True), dict(scan_layers=True, remat=True)])
-def test_scan_and_remat_match_loop_loss_and_grads(checkpoint, batch, options):
+def _loss_and_grads(model, batch):
     ids, mask, _, grids = batch
-    pix = jnp.asarray(patches(grids, 1176))
+    pix = jnp.asarray(patches(grids, model.config.vision.patch_dim))
 
     def loss(model):
         logits = model(jnp.asarray(ids), jnp.asarray(mask), pixel_values=pix, image_grid_thw=grids).logits
         return jnp.sum(qvl.token_logprobs(logits[:, :-1], jnp.asarray(ids[:, 1:])) * mask[:, 1:])
 
-    grad_fn = nnx.jit(nnx.value_and_grad(loss))
-    plain_value, plain_grads = grad_fn(qvl.load_hf_checkpoint(checkpoint))
-    value, grads = grad_fn(qvl.load_hf_checkpoint(checkpoint, **options))
+    return nnx.jit(nnx.value_and_grad(loss))(model)
+
+
+@pytest.fixture(scope="module")
+def plain_loss_and_grads(checkpoint, batch):
+    return _loss_and_grads(qvl.load_hf_checkpoint(checkpoint), batch)
+
+
+@pytest.mark.parametrize("options", [dict(remat=True), dict(scan_layers=True, remat=True)])
+def test_scan_and_remat_match_loop_loss_and_grads(checkpoint, batch, plain_loss_and_grads, options):
+    plain_value, plain_grads = plain_loss_and_grads
+    value, grads = _loss_and_grads(qvl.load_hf_checkpoint(checkpoint, **options), batch)
     assert abs(float(value) - float(plain_value)) <= 1e-3
     assert _close(_layer1_q_grad(grads, options.get("scan_layers", False)), _layer1_q_grad(plain_grads, False))
     vision_grad = np.asarray(grads["vision"]["patch_embed"]["kernel"][...])
