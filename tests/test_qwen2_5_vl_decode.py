@@ -1,6 +1,5 @@
 """KV-cache decoding, scanned layers and rematerialisation give the same logits as the plain forward."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

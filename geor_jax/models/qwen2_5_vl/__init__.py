@@ -19,11 +19,11 @@ from geor_jax.models.qwen2_5_vl.config import (
     to_hf_dict,
 )
 from geor_jax.models.qwen2_5_vl.model import ModelOutput, Qwen2VL, token_logprobs
-from geor_jax.models.qwen2_5_vl.rope import mrope_positions, text_positions
+from geor_jax.models.qwen2_5_vl.rope import mrope_positions
 from geor_jax.models.qwen2_5_vl.vision import VisionTower
 
 __all__ = [
     "ConfigError", "KVCache", "ModelOutput", "Qwen2VL", "Qwen2VLConfig", "TextConfig", "VisionConfig",
     "VisionTower", "from_hf_dict", "init_cache", "load_config", "load_hf_checkpoint", "mrope_positions",
-    "repeat_rows", "save_hf_checkpoint", "text_positions", "to_hf_dict", "token_logprobs",
+    "repeat_rows", "save_hf_checkpoint", "to_hf_dict", "token_logprobs",
 ]

@@ -22,6 +22,7 @@ from typing import Iterator
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
@@ -171,7 +172,7 @@ def iter_hf_tensors(model: Qwen2VL, dtype=None) -> Iterator[tuple[str, np.ndarra
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         value = var.get_value()
         if not value.is_fully_addressable:
-            value = jax.experimental.multihost_utils.process_allgather(value, tiled=True)
+            value = multihost_utils.process_allgather(value, tiled=True)
         names = _hf_names(path, model)
         for layer, name in enumerate(names):
             layer_value = value[layer] if _is_stacked(path, model) else value

@@ -81,14 +81,6 @@ def mrope_positions(
     return positions.astype(jnp.int32), jnp.sum(step, axis=1).astype(jnp.int32)
 
 
-def text_positions(attention_mask: jax.Array, offset: jax.Array | int = 0) -> jax.Array:
-    """(3, batch, seq) positions for text-only tokens: count of real tokens before each, plus ``offset``."""
-    valid = attention_mask.astype(jnp.int32)
-    pos = jnp.cumsum(valid, axis=1) - valid + jnp.asarray(offset).reshape(-1, 1)
-    pos = jnp.where(valid > 0, pos, 0)
-    return jnp.broadcast_to(pos[None], (3,) + attention_mask.shape).astype(jnp.int32)
-
-
 def text_rope(positions: jax.Array, config: TextConfig) -> tuple[jax.Array, jax.Array]:
     """cos/sin (batch, seq, head_dim) for 3-D positions (3, batch, seq).
 
