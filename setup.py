@@ -11,6 +11,7 @@ CORE = [
     "ml_collections==1.1.0",
     "absl-py==2.5.1",
     "numpy==2.4.6",
+    "ml_dtypes==0.6.0",  # bfloat16 views of safetensors files (already a jax dependency)
     "scipy==1.17.1",
     "safetensors==0.8.0",
     "transformers==5.23.0",

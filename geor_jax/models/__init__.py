@@ -1,0 +1,1 @@
+"""Model ports (Flax NNX) used by geor_jax."""

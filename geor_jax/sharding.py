@@ -1,0 +1,115 @@
+"""Meshes, logical-axis partition rules and sharded model creation.
+
+Model parameters carry ``logical_axes`` metadata (e.g. ``("embed", "mlp")``).
+Partition rules map each logical name to mesh axes; a mesh axis is dropped for
+a dimension it does not divide (e.g. 2 KV heads over 4 tensor shards) or when
+an earlier dimension already uses it, so every rule set works on every model
+size and mesh shape.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+# Metadata key on nnx.Param holding one logical axis name (or None) per dimension.
+LOGICAL_AXES = "logical_axes"
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
+
+# FSDP shards the model width, tensor parallelism the heads / MLP / vocab.
+DEFAULT_RULES: Rules = (
+    ("batch", ("data", "fsdp")),
+    ("layers", None),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("vision_patch", None),
+    ("vision_embed", "fsdp"),
+    ("vision_merged", "fsdp"),
+    ("vision_mlp", "tensor"),
+    ("vision_heads", "tensor"),
+)
+
+
+def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A (data, fsdp, tensor) mesh with Auto axis types; one size may be -1 (use the rest)."""
+    devices = list(devices if devices is not None else jax.devices())
+    sizes = [data, fsdp, tensor]
+    if sizes.count(-1) > 1:
+        raise ValueError("at most one mesh axis size may be -1")
+    known = math.prod(s for s in sizes if s != -1)
+    sizes = [len(devices) // known if s == -1 else s for s in sizes]
+    if math.prod(sizes) != len(devices):
+        raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} does not use exactly {len(devices)} devices")
+    grid = np.asarray(devices).reshape(sizes)
+    return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules: Rules = DEFAULT_RULES) -> PartitionSpec:
+    """PartitionSpec for a value with the given logical axes and shape."""
+    table = dict(rules)
+    used: set[str] = set()
+    spec = []
+    for name, size in zip(axes, shape):
+        target = table.get(name) if name is not None else None
+        targets = (target,) if isinstance(target, str) else tuple(target or ())
+        chosen = []
+        for axis in targets:
+            span = mesh.shape[axis] * math.prod(mesh.shape[a] for a in chosen)
+            if axis not in used and mesh.shape[axis] > 1 and size % span == 0:
+                chosen.append(axis)
+        used.update(chosen)
+        spec.append(None if not chosen else chosen[0] if len(chosen) == 1 else tuple(chosen))
+    return PartitionSpec(*spec)
+
+
+def state_shardings(state: nnx.State, mesh: Mesh, rules: Rules = DEFAULT_RULES):
+    """NamedSharding for every variable of ``state`` (replicated when it has no logical axes)."""
+
+    def sharding_of(var):
+        axes = var.get_metadata(LOGICAL_AXES, None) if isinstance(var, nnx.Variable) else None
+        shape = var.shape if hasattr(var, "shape") else ()
+        spec = logical_to_spec(axes, shape, mesh, rules) if axes is not None else PartitionSpec()
+        return var.replace(NamedSharding(mesh, spec)) if isinstance(var, nnx.Variable) else NamedSharding(mesh, spec)
+
+    return jax.tree.map(sharding_of, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def create_sharded_model(make_model: Callable[[], nnx.Module], mesh: Mesh, rules: Rules = DEFAULT_RULES) -> nnx.Module:
+    """Build a model with every parameter created directly in its sharded layout."""
+    graphdef, abstract_state = nnx.split(nnx.eval_shape(make_model))
+    shardings = state_shardings(abstract_state, mesh, rules)
+
+    @jax.jit
+    def build():
+        state = nnx.state(make_model())
+        return jax.lax.with_sharding_constraint(state, shardings)
+
+    with jax.set_mesh(mesh):
+        state = build()
+    return nnx.merge(graphdef, state)
+
+
+def shard_model(model: nnx.Module, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> nnx.Module:
+    """Move an existing model's parameters onto ``mesh`` by the partition rules (in place)."""
+    state = nnx.state(model)
+    nnx.update(model, jax.device_put(state, state_shardings(state, mesh, rules)))
+    return model
+
+
+def batch_sharding(mesh: Mesh, ndim: int, batch_axis: int = 0) -> NamedSharding:
+    """Sharding of an input whose ``batch_axis`` is split over the data and fsdp axes."""
+    spec = [None] * ndim
+    spec[batch_axis] = ("data", "fsdp")
+    return NamedSharding(mesh, PartitionSpec(*spec))
