@@ -1,0 +1,113 @@
+"""Per-token log-probabilities of continuations (answers, completions) after image prompts.
+
+SFT and GRPO both need ``log p(continuation token | image, prompt, earlier
+tokens)`` and nothing else: the LM head runs only on the positions that
+predict continuation tokens. With ``group_size`` G, each of the B prompts is
+followed by G continuations (rows group-major, as the sampler returns them).
+
+``shared_prompt=True`` runs each prompt (vision tower + prompt tokens) once
+and lets its G continuations attend to its cached keys/values, instead of G
+full forwards over repeated prompts: the same values and gradients (the
+cache is differentiable) for about 1/G of the prompt FLOPs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from geor_jax.models import qwen2_5_vl as qvl
+
+
+@dataclasses.dataclass(frozen=True)
+class Prompts:
+    """B image prompts. tokens/mask: (B, P) left-padded; pixel_values: the
+    patches of the B images in order (None for text-only); grids: one static
+    (t, h, w) per image."""
+
+    tokens: jax.Array
+    mask: jax.Array
+    pixel_values: jax.Array | None
+    grids: tuple[tuple[int, int, int], ...]
+
+
+jax.tree_util.register_dataclass(Prompts, data_fields=["tokens", "mask", "pixel_values"], meta_fields=["grids"])
+
+
+def repeat_prompts(prompts: Prompts, group_size: int) -> Prompts:
+    """Each prompt (and its image) repeated ``group_size`` times, group-major."""
+    if group_size == 1:
+        return prompts
+    pixel_values = None
+    if prompts.pixel_values is not None:
+        per_image = [t * h * w for t, h, w in prompts.grids]
+        starts = [sum(per_image[:i]) for i in range(len(per_image))]
+        pixel_values = jnp.concatenate([
+            prompts.pixel_values[start:start + size]
+            for start, size in zip(starts, per_image)
+            for _ in range(group_size)
+        ])
+    return Prompts(
+        tokens=jnp.repeat(prompts.tokens, group_size, axis=0),
+        mask=jnp.repeat(prompts.mask, group_size, axis=0),
+        pixel_values=pixel_values,
+        grids=tuple(grid for grid in prompts.grids for _ in range(group_size)),
+    )
+
+
+def continuation_logprobs(
+    model: qvl.Qwen2VL,
+    prompts: Prompts,
+    tokens: jax.Array,
+    mask: jax.Array,
+    *,
+    group_size: int = 1,
+    temperature: float = 1.0,
+    shared_prompt: bool = False,
+) -> jax.Array:
+    """log p of each continuation token, (B * G, C) float32.
+
+    tokens/mask: (B * G, C) continuations, right-padded (mask 0 after the
+    end). Logits are divided by ``temperature`` first, so logprobs match a
+    sampler that drew at that temperature. Positions where ``mask`` is 0 hold
+    finite garbage: weight them out.
+    """
+    batch, prompt_len = prompts.tokens.shape
+    if tokens.shape[0] != batch * group_size:
+        raise ValueError(f"{tokens.shape[0]} continuations for {batch} prompts x group_size {group_size}")
+    if not images_match_grids(prompts):
+        raise ValueError(f"pixel_values rows do not match the image grids {prompts.grids}")
+    if shared_prompt:
+        logits = _shared_prompt_logits(model, prompts, tokens, mask, group_size)
+    else:
+        full = repeat_prompts(prompts, group_size)
+        hidden, _ = model.hidden_states(
+            jnp.concatenate([full.tokens, tokens], axis=1),
+            jnp.concatenate([full.mask, mask], axis=1),
+            pixel_values=full.pixel_values,
+            image_grid_thw=full.grids,
+        )
+        # Position P - 1 + i predicts continuation token i.
+        logits = model.logits(hidden[:, prompt_len - 1 : prompt_len - 1 + tokens.shape[1]])
+    return qvl.token_logprobs(logits / temperature, tokens)
+
+
+def _shared_prompt_logits(model, prompts, tokens, mask, group_size):
+    """Logits predicting each continuation token, the prompts run once per group."""
+    batch, prompt_len = prompts.tokens.shape
+    cache = qvl.init_cache(model.config.text, batch, prompt_len + tokens.shape[1], dtype=model.text.dtype)
+    prompt_hidden, cache = model.hidden_states(
+        prompts.tokens, prompts.mask, pixel_values=prompts.pixel_values, image_grid_thw=prompts.grids, cache=cache
+    )
+    first = jnp.repeat(model.logits(prompt_hidden[:, -1:]), group_size, axis=0)
+    hidden, _ = model.hidden_states(tokens, mask, cache=qvl.repeat_rows(cache, group_size))
+    return jnp.concatenate([first, model.logits(hidden[:, :-1])], axis=1)
+
+
+def images_match_grids(prompts: Prompts) -> bool:
+    """Whether the patch rows equal the grids' patch count (static check)."""
+    if prompts.pixel_values is None:
+        return not prompts.grids
+    return prompts.pixel_values.shape[0] == sum(t * h * w for t, h, w in prompts.grids)
