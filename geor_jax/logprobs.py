@@ -111,3 +111,25 @@ def images_match_grids(prompts: Prompts) -> bool:
     if prompts.pixel_values is None:
         return not prompts.grids
     return prompts.pixel_values.shape[0] == sum(t * h * w for t, h, w in prompts.grids)
+
+
+def split_prompts(prompts: Prompts, num_micro_batches: int) -> Prompts:
+    """Prompts with arrays reshaped to (num_micro_batches, B / num_micro_batches, ...).
+
+    Every micro-batch must hold the same image grids (true for pipeline
+    batches, which share one resolution bucket), since grids are static.
+    """
+    batch = prompts.tokens.shape[0]
+    if batch % num_micro_batches:
+        raise ValueError(f"{batch} prompts do not split into {num_micro_batches} micro-batches")
+    images_per_micro = len(prompts.grids) // num_micro_batches
+    micro_grids = prompts.grids[:images_per_micro]
+    if len(prompts.grids) % num_micro_batches or micro_grids * num_micro_batches != prompts.grids:
+        raise ValueError(f"image grids {prompts.grids} differ between the {num_micro_batches} micro-batches")
+    split = lambda x: x.reshape(num_micro_batches, x.shape[0] // num_micro_batches, *x.shape[1:])  # noqa: E731
+    return Prompts(
+        tokens=split(prompts.tokens),
+        mask=split(prompts.mask),
+        pixel_values=None if prompts.pixel_values is None else split(prompts.pixel_values),
+        grids=micro_grids,
+    )

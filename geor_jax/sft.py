@@ -1,0 +1,58 @@
+"""Chain-of-Region SFT: masked cross-entropy on the answer tokens, and its update step.
+
+The model reads the image prompt and is scored only on the target (the CoR
+answer and its end token): the LM head runs on target positions only.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from geor_jax import logprobs, train_state
+from geor_jax.logprobs import Prompts
+
+
+def sft_loss(model, prompts: Prompts, targets: jax.Array, target_mask: jax.Array, weights: jax.Array | None = None):
+    """Cross-entropy of ``targets`` (B, T) after ``prompts``, and metrics.
+
+    ``weights`` (B, T) default to ``target_mask / target_mask.sum()`` (mean over
+    target tokens); pass the whole batch's weights to a micro-batch so the
+    micro-batch losses add up to the batch loss.
+    """
+    mask = jnp.asarray(target_mask, jnp.float32)
+    if weights is None:
+        weights = mask / jnp.maximum(mask.sum(), 1.0)
+    token_logp = logprobs.continuation_logprobs(model, prompts, targets, target_mask)
+    loss = -jnp.sum(token_logp * weights)
+    tokens = jnp.maximum(mask.sum(), 1.0)
+    return loss, {"nll_per_token": -jnp.sum(token_logp * mask) / tokens, "target_tokens": mask.sum()}
+
+
+def make_sft_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, num_micro_batches: int = 1):
+    """A jitted, pure ``step(state, prompts, targets, target_mask) -> (state, metrics)``.
+
+    With ``num_micro_batches`` > 1, gradients are accumulated over that many
+    slices of the batch and give the same update as the whole batch at once.
+    The state argument is donated.
+    """
+
+    def loss_fn(params, micro):
+        prompts, targets, mask, weights = micro
+        return sft_loss(nnx.merge(graphdef, params), prompts, targets, mask, weights)
+
+    def step(state: train_state.TrainState, prompts: Prompts, targets, target_mask):
+        mask = jnp.asarray(target_mask, jnp.float32)
+        weights = mask / jnp.maximum(mask.sum(), 1.0)
+        micro = (
+            logprobs.split_prompts(prompts, num_micro_batches),
+            *train_state.split_micro_batches((targets, target_mask, weights), num_micro_batches),
+        )
+        loss, grads, metrics = train_state.accumulate_gradients(loss_fn, state.params, micro)
+        metrics["target_tokens"] = mask.sum()
+        state, update_metrics = train_state.apply_gradients(state, grads, loss, optimizer)
+        return state, {"loss": loss, **metrics, **update_metrics}
+
+    return jax.jit(step, donate_argnums=0)

@@ -1,0 +1,149 @@
+"""Train state, optimizer and the update shared by SFT and GRPO.
+
+The model's structure (``nnx.GraphDef``) stays outside the state; the state
+is a plain pytree (params, optimizer state, step, RNG key data, count of
+skipped updates) that jits, shards and checkpoints as is. Params keep their
+``param_dtype`` (fp32 master weights); the compute dtype is the model's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx, struct
+from jax.sharding import Mesh
+
+from geor_jax import sharding
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """AdamW with linear warmup, cosine decay and global-norm clipping.
+
+    The defaults are the Geo-R GRPO script's (TRL-style): lr 1e-6, no weight
+    decay, clip 1.0. The paper's SFT uses lr 1e-5.
+    """
+
+    learning_rate: float = 1e-6
+    warmup_steps: int = 0
+    total_steps: int = 1000
+    final_learning_rate_fraction: float = 0.0
+    weight_decay: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    max_grad_norm: float | None = 1.0
+
+    def schedule(self) -> optax.Schedule:
+        """Learning rate per update: 0 -> peak over warmup, cosine to the final fraction."""
+        if self.total_steps <= self.warmup_steps:
+            raise ValueError(
+                f"OptimizerConfig.total_steps ({self.total_steps}) must exceed warmup_steps ({self.warmup_steps})"
+            )
+        return optax.warmup_cosine_decay_schedule(
+            init_value=0.0 if self.warmup_steps else self.learning_rate,
+            peak_value=self.learning_rate,
+            warmup_steps=self.warmup_steps,
+            decay_steps=self.total_steps,
+            end_value=self.learning_rate * self.final_learning_rate_fraction,
+        )
+
+    def make(self) -> optax.GradientTransformation:
+        """The optax transformation."""
+        adamw = optax.adamw(self.schedule(), b1=self.b1, b2=self.b2, eps=self.eps, weight_decay=self.weight_decay)
+        if self.max_grad_norm is None:
+            return adamw
+        return optax.chain(optax.clip_by_global_norm(self.max_grad_norm), adamw)
+
+
+@struct.dataclass
+class TrainState:
+    """Everything a training run updates: a pytree of arrays."""
+
+    params: Any
+    opt_state: Any
+    step: jax.Array
+    rng: jax.Array  # raw key data (uint32), portable through checkpoints
+    skipped_updates: jax.Array
+
+
+def create_train_state(
+    model: nnx.Module, optimizer: optax.GradientTransformation, rng: jax.Array, mesh: Mesh | None = None,
+    rules: sharding.Rules = sharding.DEFAULT_RULES,
+) -> tuple[nnx.GraphDef, TrainState]:
+    """Split ``model`` into its structure and a fresh train state.
+
+    With a mesh, params are placed by the partition rules and the optimizer
+    state is created under jit with the same shardings (its moments mirror
+    the params). ``rng`` is a typed or raw key.
+    """
+    graphdef, params = nnx.split(model, nnx.Param)
+    if mesh is not None:
+        params = jax.device_put(params, sharding.state_shardings(params, mesh, rules))
+    opt_state = jax.jit(optimizer.init)(params)
+    if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+        rng = jax.random.key_data(rng)
+    state = TrainState(
+        params=params,
+        opt_state=opt_state,
+        step=jnp.zeros((), jnp.int32),
+        rng=rng,
+        skipped_updates=jnp.zeros((), jnp.int32),
+    )
+    return graphdef, state
+
+
+def apply_gradients(state: TrainState, grads: Any, loss: jax.Array, optimizer: optax.GradientTransformation):
+    """One optimizer update, skipped if the loss or any gradient is not finite.
+
+    A skipped update leaves params and optimizer state exactly as they were
+    and counts in ``skipped_updates``; ``step`` advances either way.
+    Returns (state, metrics with grad_norm and skipped).
+    """
+    finite = jnp.isfinite(loss) & jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    keep_if_finite = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+    new_state = state.replace(
+        params=keep_if_finite(params, state.params),
+        opt_state=keep_if_finite(opt_state, state.opt_state),
+        step=state.step + 1,
+        skipped_updates=state.skipped_updates + (~finite).astype(jnp.int32),
+    )
+    return new_state, {"grad_norm": optax.tree.norm(grads), "skipped": (~finite).astype(jnp.float32)}
+
+
+def accumulate_gradients(
+    loss_fn: Callable[[Any, Any], tuple[jax.Array, dict]], params: Any, micro_batches: Any
+) -> tuple[jax.Array, Any, dict]:
+    """Sum of losses and gradients over micro-batches stacked on a leading axis.
+
+    ``loss_fn(params, micro_batch) -> (loss, metrics)`` must already weight
+    its micro-batch by the whole batch's normaliser, so the sums equal one
+    big batch's loss and gradient. Runs as a ``lax.scan``: memory holds one
+    micro-batch's activations. Metrics are averaged over micro-batches.
+    """
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def body(carry, micro_batch):
+        loss_sum, grad_sum = carry
+        (loss, metrics), grads = grad_fn(params, micro_batch)
+        return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), metrics
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    (loss, grads), metrics = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zeros), micro_batches)
+    return loss, grads, jax.tree.map(jnp.mean, metrics)
+
+
+def split_micro_batches(tree: Any, num_micro_batches: int) -> Any:
+    """Reshape every leaf's leading axis (n, ...) into (num_micro_batches, n / num_micro_batches, ...)."""
+    def split(x):
+        if x.shape[0] % num_micro_batches:
+            raise ValueError(f"leading axis {x.shape[0]} does not split into {num_micro_batches} micro-batches")
+        return x.reshape(num_micro_batches, x.shape[0] // num_micro_batches, *x.shape[1:])
+
+    return jax.tree.map(split, tree)
