@@ -1,14 +1,25 @@
-"""GRPO: group-relative advantages and the clipped, KL-regularised policy loss.
+"""GRPO: group-relative advantages, the clipped KL-regularised loss, the update step.
 
 Pure, jittable functions over arrays. Sequences are laid out group-major: the
 G completions of prompt b are rows ``b*G ... b*G + G - 1`` (what the sampler
 returns), and per-token arrays are (rows, completion_length) with a 0/1 mask.
+
+One GRPO iteration: sample G completions per prompt (``geor_jax.sampling``),
+score them (``geor_jax.rewards``), ``group_advantages``, reference log-probs
+when beta > 0 (``make_reference_logprobs``), then one or more ``grpo_step``
+calls on the same ``Rollout`` (its ``old_logp`` stays the sampler's).
 """
 
+import dataclasses
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from geor_jax import logprobs, train_state
+from geor_jax.logprobs import Prompts
 
 ADVANTAGE_SCALES = ("group", "batch", "none")
 
@@ -138,3 +149,121 @@ def grpo_loss(
         log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
         metrics["entropy"] = token_mean(-jnp.sum(jnp.exp(log_probs) * log_probs, axis=-1))
     return loss, jax.tree.map(jax.lax.stop_gradient, metrics)
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOConfig:
+    """GRPO hyperparameters. Defaults: the Geo-R authors' TRL-style script.
+
+    temperature: logits are divided by it when scoring completions, matching
+      the sampler's distribution (so the first pass has ratio 1).
+    shared_prompt: run each group's prompt (image + instruction) once and let
+      its G completions attend to its keys/values (same loss and gradients as
+      G full forwards, a fraction of the FLOPs).
+    num_micro_batches: gradient accumulation over prompt groups; exact.
+    max_completion_length: Dr. GRPO's constant normaliser (default: the
+      completion width).
+    """
+
+    group_size: int = 4
+    beta: float = 0.04
+    clip_eps: float = 0.2
+    clip_eps_high: float | None = None
+    aggregation: str = "token-mean"
+    advantage_scale: str = "group"
+    temperature: float = 0.9
+    shared_prompt: bool = True
+    num_micro_batches: int = 1
+    max_completion_length: int | None = None
+
+    def __post_init__(self):
+        if self.group_size < 1 or self.num_micro_batches < 1:
+            raise ValueError(f"GRPOConfig: group_size and num_micro_batches must be >= 1, got {self}")
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"GRPOConfig.aggregation={self.aggregation!r}: choose one of {sorted(AGGREGATIONS)}")
+        if self.advantage_scale not in ADVANTAGE_SCALES:
+            raise ValueError(f"GRPOConfig.advantage_scale={self.advantage_scale!r}: choose one of {ADVANTAGE_SCALES}")
+        if self.temperature <= 0:
+            raise ValueError(f"GRPOConfig.temperature must be > 0, got {self.temperature}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Rollout:
+    """What one GRPO update consumes: B prompts and their B * G scored completions.
+
+    completions / completion_mask / old_logp / ref_logp: (B * G, C);
+    advantages: (B * G,). ``ref_logp`` is None when beta == 0.
+    """
+
+    prompts: Prompts
+    completions: jax.Array
+    completion_mask: jax.Array
+    old_logp: jax.Array
+    advantages: jax.Array
+    ref_logp: jax.Array | None = None
+
+
+jax.tree_util.register_dataclass(
+    Rollout,
+    data_fields=["prompts", "completions", "completion_mask", "old_logp", "advantages", "ref_logp"],
+    meta_fields=[],
+)
+
+
+def make_reference_logprobs(graphdef: nnx.GraphDef, config: GRPOConfig):
+    """A jitted ``fn(ref_params, prompts, completions, completion_mask) -> (B * G, C)``.
+
+    The frozen reference policy's log-probs of the completions, once per
+    rollout (not per optimisation pass). Not needed when beta == 0.
+    """
+
+    def reference(ref_params, prompts: Prompts, completions, completion_mask):
+        model = nnx.merge(graphdef, ref_params)
+        return logprobs.continuation_logprobs(
+            model, prompts, completions, completion_mask, group_size=config.group_size,
+            temperature=config.temperature, shared_prompt=config.shared_prompt,
+        )
+
+    return jax.jit(reference)
+
+
+def make_grpo_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, config: GRPOConfig):
+    """A jitted, pure ``step(state, rollout) -> (state, metrics)``: one optimizer update.
+
+    Policy forward over prompt + completions (with images), ``grpo_loss``,
+    gradients accumulated over ``config.num_micro_batches`` prompt groups
+    (weights of the whole rollout, so the update equals one big batch), then
+    ``train_state.apply_gradients`` (non-finite updates are skipped). Call it
+    several times on one rollout for several optimisation passes. The state
+    argument is donated.
+    """
+
+    def loss_fn(params, micro):
+        prompts, completions, mask, old_logp, ref_logp, advantages, weights = micro
+        model = nnx.merge(graphdef, params)
+        logp = logprobs.continuation_logprobs(
+            model, prompts, completions, mask, group_size=config.group_size,
+            temperature=config.temperature, shared_prompt=config.shared_prompt,
+        )
+        return grpo_loss(
+            logp, old_logp, ref_logp, advantages, mask, clip_eps=config.clip_eps,
+            clip_eps_high=config.clip_eps_high, beta=config.beta, weights=weights,
+        )
+
+    def step(state: train_state.TrainState, rollout: Rollout):
+        if config.beta != 0 and rollout.ref_logp is None:
+            raise ValueError("GRPOConfig.beta != 0: the rollout needs ref_logp (make_reference_logprobs)")
+        ref_logp = rollout.ref_logp if config.beta != 0 else None
+        mask = rollout.completion_mask
+        weights = token_weights(mask, config.aggregation, config.max_completion_length)
+        rows = (mask, rollout.old_logp, ref_logp, rollout.advantages, weights)
+        micro = (
+            logprobs.split_prompts(rollout.prompts, config.num_micro_batches),
+            *train_state.split_micro_batches((rollout.completions, *rows), config.num_micro_batches),
+        )
+        loss, grads, metrics = train_state.accumulate_gradients(loss_fn, state.params, micro)
+        state, update_metrics = train_state.apply_gradients(state, grads, loss, optimizer)
+        completion_length = jnp.sum(mask, axis=1).astype(jnp.float32)
+        return state, {"loss": loss, **metrics, **update_metrics, "completion_length": completion_length.mean()}
+
+    return jax.jit(step, donate_argnums=0)

@@ -1,0 +1,133 @@
+"""geor_jax.grpo step: exact micro-batching, shared prompt == full forward, passes, learning."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import tiny_policy
+from geor_jax import geo, grpo, logprobs, train_state
+
+G = 3
+SGD = optax.sgd(1.0)  # param differences = gradient differences
+CONFIG = grpo.GRPOConfig(group_size=G, beta=0.04, temperature=0.9)
+GRAPHDEF = train_state.create_train_state(tiny_policy.model(), SGD, jax.random.key(0))[0]
+
+
+def fresh_state():
+    return train_state.create_train_state(tiny_policy.model(), SGD, jax.random.key(0))[1]
+
+
+def make_rollout(seed=0):
+    prompts = tiny_policy.prompts(batch=2, seed=seed)
+    completions, mask = tiny_policy.completions(2 * G, length=5, seed=seed + 1)
+    policy_logp = logprobs.continuation_logprobs(
+        tiny_policy.model(), prompts, completions, mask, group_size=G, temperature=CONFIG.temperature
+    )
+    rng = np.random.default_rng(seed)
+    old_logp = policy_logp + 0.3 * rng.normal(size=policy_logp.shape)  # ratios on both sides of the clip
+    ref_logp = policy_logp + 0.2 * rng.normal(size=policy_logp.shape)
+    rewards = jnp.asarray(rng.uniform(size=2 * G), jnp.float32)
+    advantages, _ = grpo.group_advantages(rewards, G)
+    return grpo.Rollout(prompts, completions, mask, jnp.float32(old_logp), advantages, jnp.float32(ref_logp))
+
+
+ROLLOUT = make_rollout()
+WHOLE_STEP = grpo.make_grpo_step(GRAPHDEF, SGD, CONFIG)
+WHOLE, WHOLE_METRICS = WHOLE_STEP(fresh_state(), ROLLOUT)
+
+
+def assert_params_close(a, b, atol=2e-5):
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol)
+
+
+def test_loss_is_grpo_loss_of_the_policy_logprobs():
+    logp = logprobs.continuation_logprobs(
+        tiny_policy.model(), ROLLOUT.prompts, ROLLOUT.completions, ROLLOUT.completion_mask, group_size=G,
+        temperature=CONFIG.temperature,
+    )
+    expected, metrics = grpo.grpo_loss(
+        logp, ROLLOUT.old_logp, ROLLOUT.ref_logp, ROLLOUT.advantages, ROLLOUT.completion_mask, beta=CONFIG.beta
+    )
+    assert float(WHOLE_METRICS["loss"]) == pytest.approx(float(expected), rel=1e-5)
+    assert float(WHOLE_METRICS["kl"]) == pytest.approx(float(metrics["kl"]), rel=1e-4)
+    assert 0 < float(WHOLE_METRICS["clip_fraction"]) < 1
+    assert float(WHOLE_METRICS["completion_length"]) == float(ROLLOUT.completion_mask.sum()) / (2 * G)
+    assert int(WHOLE.step) == 1
+
+
+def test_micro_batches_give_the_same_update():
+    config = dataclasses.replace(CONFIG, num_micro_batches=2)
+    micro, metrics = grpo.make_grpo_step(GRAPHDEF, SGD, config)(fresh_state(), ROLLOUT)
+    assert float(metrics["loss"]) == pytest.approx(float(WHOLE_METRICS["loss"]), rel=1e-5)
+    assert_params_close(micro, WHOLE)
+
+
+def test_shared_prompt_update_equals_full_forwards():
+    config = dataclasses.replace(CONFIG, shared_prompt=False)
+    full, metrics = grpo.make_grpo_step(GRAPHDEF, SGD, config)(fresh_state(), ROLLOUT)
+    assert float(metrics["loss"]) == pytest.approx(float(WHOLE_METRICS["loss"]), rel=1e-5)
+    assert_params_close(full, WHOLE)
+
+
+def test_reference_logprobs_and_beta_zero():
+    reference = grpo.make_reference_logprobs(GRAPHDEF, CONFIG)
+    ref = reference(fresh_state().params, ROLLOUT.prompts, ROLLOUT.completions, ROLLOUT.completion_mask)
+    on_policy = dataclasses.replace(ROLLOUT, old_logp=ref, ref_logp=ref)
+    # Reference = policy = sampler: ratio 1, KL 0, loss = -mean advantage per token.
+    _, metrics = WHOLE_STEP(fresh_state(), on_policy)
+    assert float(metrics["kl"]) == pytest.approx(0.0, abs=1e-6)
+    assert float(metrics["ratio_mean"]) == pytest.approx(1.0, abs=1e-5)
+    no_kl = dataclasses.replace(CONFIG, beta=0.0)
+    _, metrics = grpo.make_grpo_step(GRAPHDEF, SGD, no_kl)(fresh_state(), dataclasses.replace(on_policy, ref_logp=None))
+    assert "kl" not in metrics and np.isfinite(float(metrics["loss"]))
+    with pytest.raises(ValueError, match="ref_logp"):
+        WHOLE_STEP(fresh_state(), dataclasses.replace(ROLLOUT, ref_logp=None))
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="aggregation"):
+        grpo.GRPOConfig(aggregation="sum")
+    with pytest.raises(ValueError, match="temperature"):
+        grpo.GRPOConfig(temperature=0.0)
+
+
+def test_grpo_learns_to_locate():
+    """A categorical policy over 64 candidate places learns, from the Geo-R
+    reward alone, to pick places near a target: GRPO loss + group advantages
+    + distance reward, end to end."""
+    rng = np.random.default_rng(0)
+    candidates = jnp.asarray(rng.uniform([-60, -180], [70, 180], (64, 2)), jnp.float32)
+    target = (48.86, 2.35)
+    group, prompts_per_step = 8, 4
+    optimizer = optax.adam(0.1)
+    logits = jnp.zeros(64)
+    opt_state = optimizer.init(logits)
+
+    @jax.jit
+    def iteration(logits, opt_state, key):
+        picks = jax.random.categorical(key, logits, shape=(prompts_per_step * group,))
+        distance = geo.haversine_km(candidates[picks, 0], candidates[picks, 1], *target)
+        rewards = geo.distance_reward(distance)
+        advantages, stats = grpo.group_advantages(rewards, group)
+        old_logp = jax.nn.log_softmax(logits)[picks][:, None]
+
+        def loss(logits):
+            logp = jax.nn.log_softmax(logits)[picks][:, None]
+            return grpo.grpo_loss(logp, old_logp, None, advantages, jnp.ones_like(logp), beta=0.0)[0]
+
+        updates, opt_state = optimizer.update(jax.grad(loss)(logits), opt_state, logits)
+        return optax.apply_updates(logits, updates), opt_state, stats["reward_mean"]
+
+    rewards = []
+    for key in jax.random.split(jax.random.key(0), 60):
+        logits, opt_state, reward = iteration(logits, opt_state, key)
+        rewards.append(float(reward))
+    start, end = np.mean(rewards[:5]), np.mean(rewards[-5:])
+    best = float(geo.distance_reward(geo.haversine_km(candidates[:, 0], candidates[:, 1], *target)).max())
+    assert end > start + 0.3, (start, end)
+    assert end > 0.9 * best
