@@ -10,6 +10,7 @@ size and mesh shape.
 from __future__ import annotations
 
 import math
+import os
 from typing import Callable, Sequence
 
 import jax
@@ -40,6 +41,41 @@ DEFAULT_RULES: Rules = (
     ("vision_mlp", "tensor"),
     ("vision_heads", "tensor"),
 )
+
+
+# Environment variables that mean "this process is one of several": TPU pod
+# workers, Slurm tasks, Open MPI ranks. jax.distributed.initialize() reads
+# the topology from them by itself.
+_CLUSTER_SIZE_VARIABLES = ("TPU_WORKER_HOSTNAMES", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
+
+
+def _cluster_detected() -> bool:
+    for name in _CLUSTER_SIZE_VARIABLES:
+        value = os.environ.get(name, "")
+        size = len(value.split(",")) if name == "TPU_WORKER_HOSTNAMES" else int(value or 1)
+        if size > 1:
+            return True
+    return False
+
+
+def initialize_distributed(
+    coordinator_address: str | None = None, num_processes: int | None = None, process_id: int | None = None
+) -> tuple[int, int]:
+    """Join a multi-process run, the same call on TPU pods, GPU clusters and one host.
+
+    With explicit arguments (multi-node GPU: coordinator ``host:port``, the
+    process count and this process's id) they are passed on. Without them,
+    a TPU pod / Slurm / MPI environment is detected and JAX reads its
+    topology; on a single host this is a no-op. CPU processes exchange data
+    through gloo. Returns (process_index, process_count).
+    """
+    explicit = coordinator_address is not None or (num_processes or 1) > 1
+    if explicit or _cluster_detected():
+        # Only the CPU client reads this; GPU/TPU collectives are unaffected.
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        kwargs = dict(coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id)
+        jax.distributed.initialize(**{k: v for k, v in kwargs.items() if v is not None})
+    return jax.process_index(), jax.process_count()
 
 
 def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
