@@ -81,3 +81,17 @@ class Checkpointer:
         """Finish pending saves and release the manager."""
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def export_hf(graphdef, params, directory: str, dtype=None) -> None:
+    """Write trained params as a HF checkpoint directory that transformers loads.
+
+    ``graphdef``/``params``: the model structure and ``TrainState.params``
+    (``train_state.create_train_state`` split them). ``dtype`` casts on
+    write (e.g. bfloat16 for release); default keeps the params' dtype.
+    """
+    from flax import nnx
+
+    from geor_jax.models import qwen2_5_vl as qvl
+
+    qvl.save_hf_checkpoint(nnx.merge(graphdef, params), directory, dtype=dtype)

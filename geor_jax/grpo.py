@@ -210,6 +210,14 @@ jax.tree_util.register_dataclass(
 )
 
 
+def reference_params(params, config: GRPOConfig):
+    """A frozen copy of ``params`` (the SFT checkpoint) for the KL term, or None if beta == 0.
+
+    A copy, not an alias: the update step donates the train state's buffers.
+    """
+    return jax.tree.map(jnp.copy, params) if config.beta != 0 else None
+
+
 def make_reference_logprobs(graphdef: nnx.GraphDef, config: GRPOConfig):
     """A jitted ``fn(ref_params, prompts, completions, completion_mask) -> (B * G, C)``.
 

@@ -142,3 +142,27 @@ def test_resume_after_sigkill_is_exact(tmp_path):
     np.testing.assert_array_equal(
         np.load(tmp_path / "straight" / "final_w.npy"), np.load(tmp_path / "resumed" / "final_w.npy")
     )
+
+
+def test_train_state_round_trip_and_hf_export(tmp_path):
+    import optax
+
+    import tiny_policy
+    from geor_jax import train_state
+    from geor_jax.models import qwen2_5_vl as qvl
+
+    graphdef, state = train_state.create_train_state(tiny_policy.model(), optax.adamw(1e-3), jax.random.key(3))
+    state = state.replace(step=jnp.asarray(7, jnp.int32))
+    ckpt = checkpoint.Checkpointer(str(tmp_path / "ckpt"), save_every=1, async_save=False)
+    ckpt.save(7, state, {"iterator": "abc"})
+    step, restored, data_state = ckpt.restore_latest(jax.eval_shape(lambda: state))
+    assert step == 7 and data_state == {"iterator": "abc"}
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), restored, state)
+    ckpt.close()
+
+    checkpoint.export_hf(graphdef, restored.params, str(tmp_path / "hf"))
+    reloaded = qvl.load_hf_checkpoint(str(tmp_path / "hf"))
+    from flax import nnx
+
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+                 nnx.state(reloaded, nnx.Param), state.params)

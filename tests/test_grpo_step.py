@@ -76,7 +76,11 @@ def test_shared_prompt_update_equals_full_forwards():
 
 def test_reference_logprobs_and_beta_zero():
     reference = grpo.make_reference_logprobs(GRAPHDEF, CONFIG)
-    ref = reference(fresh_state().params, ROLLOUT.prompts, ROLLOUT.completions, ROLLOUT.completion_mask)
+    state = fresh_state()
+    ref_params = grpo.reference_params(state.params, CONFIG)
+    assert grpo.reference_params(state.params, dataclasses.replace(CONFIG, beta=0.0)) is None
+    WHOLE_STEP(state, ROLLOUT)  # donates state's buffers; the reference copy survives
+    ref = reference(ref_params, ROLLOUT.prompts, ROLLOUT.completions, ROLLOUT.completion_mask)
     on_policy = dataclasses.replace(ROLLOUT, old_logp=ref, ref_logp=ref)
     # Reference = policy = sampler: ratio 1, KL 0, loss = -mean advantage per token.
     _, metrics = WHOLE_STEP(fresh_state(), on_policy)
