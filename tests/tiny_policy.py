@@ -15,18 +15,20 @@ IMAGE_TOKEN, VISION_START, VISION_END = 120, 121, 122
 GRID = (1, 4, 4)  # 16 patches -> 4 image tokens
 
 
-def config() -> qvl.Qwen2VLConfig:
+def config(vocab_size: int = VOCAB, **token_ids) -> qvl.Qwen2VLConfig:
+    """The tiny config; ``token_ids`` (image_token_id, ...) override the special ids."""
+    ids = dict(image_token_id=IMAGE_TOKEN, video_token_id=123, vision_start_token_id=VISION_START,
+               vision_end_token_id=VISION_END) | token_ids
     return qvl.Qwen2VLConfig(
-        text=qvl.TextConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
+        text=qvl.TextConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
                             num_kv_heads=2, mrope_section=(1, 1, 2)),
         vision=qvl.VisionConfig(depth=1, hidden_size=16, num_heads=2, intermediate_size=32, out_hidden_size=32,
                                 window_size=56, fullatt_block_indexes=(0,)),
-        image_token_id=IMAGE_TOKEN, video_token_id=123, vision_start_token_id=VISION_START,
-        vision_end_token_id=VISION_END,
+        **ids,
     )
 
 
-def model(seed: int = 0, **kwargs) -> qvl.Qwen2VL:
+def model(seed: int = 0, model_config: qvl.Qwen2VLConfig | None = None, **kwargs) -> qvl.Qwen2VL:
     """A random model whose parameters are drawn with NumPy.
 
     Eager NNX construction compiles one XLA program per parameter shape (tens
@@ -34,7 +36,8 @@ def model(seed: int = 0, **kwargs) -> qvl.Qwen2VL:
     Matrices are scaled by fan-in so logits are O(1); vectors sit near 1
     (norm scales) or near 0 (biases).
     """
-    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: qvl.Qwen2VL(config(), rngs=nnx.Rngs(0), **kwargs)))
+    model_config = model_config or config()
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: qvl.Qwen2VL(model_config, rngs=nnx.Rngs(0), **kwargs)))
     rng = np.random.default_rng(seed)
 
     def draw(path, value):
