@@ -135,3 +135,21 @@ def test_grpo_learns_to_locate():
     best = float(geo.distance_reward(geo.haversine_km(candidates[:, 0], candidates[:, 1], *target)).max())
     assert end > start + 0.3, (start, end)
     assert end > 0.9 * best
+
+
+def test_sharded_step_equals_single_device():
+    from geor_jax import sharding
+
+    mesh = sharding.make_mesh(fsdp=2, tensor=4)
+    _, state = train_state.create_train_state(tiny_policy.model(), SGD, jax.random.key(0), mesh)
+    put = lambda x: jax.device_put(x, sharding.batch_sharding(mesh, x.ndim))  # noqa: E731
+    prompts = ROLLOUT.prompts
+    rollout = grpo.Rollout(
+        logprobs.Prompts(put(prompts.tokens), put(prompts.mask), put(prompts.pixel_values), prompts.grids),
+        *(put(x) for x in (ROLLOUT.completions, ROLLOUT.completion_mask, ROLLOUT.old_logp, ROLLOUT.advantages,
+                           ROLLOUT.ref_logp)),
+    )
+    with jax.set_mesh(mesh):
+        sharded, metrics = WHOLE_STEP(state, rollout)
+    assert float(metrics["loss"]) == pytest.approx(float(WHOLE_METRICS["loss"]), rel=1e-5)
+    assert_params_close(sharded, WHOLE)
