@@ -23,6 +23,8 @@ CORE = [
     "pillow==13.0.0",
     "reverse_geocoder==1.5.1",
     "pycountry==26.2.16",
+    "matplotlib==3.11.2",
+    "tensorboardX==2.6.5",
 ]
 
 TEST = [

