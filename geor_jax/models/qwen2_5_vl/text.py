@@ -31,18 +31,23 @@ class TextAttention(nnx.Module):
 
     def __call__(self, x, cos, sin, mask, layer_cache, write_index):
         """x: (batch, seq, hidden). Without a cache, attends over ``x`` itself;
-        with ``layer_cache`` = (keys, values) of shape (batch, max_len, kv_heads,
-        head_dim), writes this step's keys/values at ``write_index`` and attends
-        over the whole cache. Returns (output, updated layer cache or None)."""
+        with ``layer_cache`` = (keys, values, layer), keys/values being the
+        whole stacked cache (layers, batch, max_len, kv_heads, head_dim),
+        writes this step's keys/values into layer ``layer`` at ``write_index``
+        and attends over that layer's cache. Writing into the stacked arrays
+        (not a per-layer slice) lets XLA update the cache in place. Returns
+        (output, updated layer cache or None)."""
         q = layers.apply_rotary(self.q_proj(x), cos, sin)
         k = layers.apply_rotary(self.k_proj(x), cos, sin)
         v = self.v_proj(x)
         if layer_cache is not None:
-            cache_k, cache_v = layer_cache
-            k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, write_index, 0, 0))
-            v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, write_index, 0, 0))
-            layer_cache = (k, v)
-            k, v = k.astype(q.dtype), v.astype(q.dtype)
+            cache_k, cache_v, layer = layer_cache
+            start = (layer, 0, write_index, 0, 0)
+            cache_k = jax.lax.dynamic_update_slice(cache_k, k[None].astype(cache_k.dtype), start)
+            cache_v = jax.lax.dynamic_update_slice(cache_v, v[None].astype(cache_v.dtype), start)
+            layer_cache = (cache_k, cache_v, layer)
+            k = jax.lax.dynamic_index_in_dim(cache_k, layer, keepdims=False).astype(q.dtype)
+            v = jax.lax.dynamic_index_in_dim(cache_v, layer, keepdims=False).astype(q.dtype)
         out = layers.dot_product_attention(q, k, v, mask)
         return self.o_proj(out), layer_cache
 
@@ -132,22 +137,23 @@ class TextDecoder(nnx.Module):
         if self.remat:
             run_layer = nnx.remat(run_layer)
         x = embeds.astype(self.dtype)
+        # The whole stacked cache travels through the layers (scan carry or
+        # Python loop), each layer writing its own slot range in place.
+        kv = None if cache is None else (cache.keys, cache.values)
         if self.scan_layers:
             graphdef, stacked = nnx.split(self.layers)
 
-            def body(x, per_layer):
-                layer_state, layer_cache = per_layer
-                return run_layer(nnx.merge(graphdef, layer_state), x, layer_cache)
+            def body(carry, per_layer):
+                x, kv = carry
+                layer_state, index = per_layer
+                x, layer_cache = run_layer(nnx.merge(graphdef, layer_state), x, None if kv is None else (*kv, index))
+                return (x, None if kv is None else layer_cache[:2]), None
 
-            kv = None if cache is None else (cache.keys, cache.values)
-            x, kv = jax.lax.scan(body, x, (stacked, kv))
+            (x, kv), _ = jax.lax.scan(body, (x, kv), (stacked, jnp.arange(self.config.num_layers)))
         else:
-            new_kv = []
             for index, layer in enumerate(self.layers):
-                layer_cache = None if cache is None else (cache.keys[index], cache.values[index])
-                x, layer_cache = run_layer(layer, x, layer_cache)
-                new_kv.append(layer_cache)
-            kv = None if cache is None else tuple(jnp.stack(a) for a in zip(*new_kv))
+                x, layer_cache = run_layer(layer, x, None if kv is None else (*kv, index))
+                kv = None if kv is None else layer_cache[:2]
         x = self.norm(x)
         if cache is None:
             return x, None

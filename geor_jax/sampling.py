@@ -1,0 +1,348 @@
+"""Rollouts: a jitted KV-cache group sampler for GRPO.
+
+``sample_groups`` takes B prompts (left-padded tokens + image patches) and a
+group size G and returns G completions per prompt:
+
+1. **Prefill** (one jit): the image and prompt of each of the B prompts run
+   through the model once, into a B-row KV cache; the cache and the next-token
+   logits are then repeated to B*G rows (``repeat_rows``), so the prompt is
+   never recomputed per sample.
+2. **Decode** (one jit, cache donated): all B*G rows advance together in a
+   ``lax.while_loop`` until every row has emitted a stop token or the token
+   budget is spent.
+
+Rows are group-major: sample g of prompt b is row ``b*G + g`` (the layout
+``geor_jax.grpo`` expects).
+
+Log-prob convention: ``Rollout.logprobs[r, t]`` is
+``log_softmax(logits / temperature)[token]``, the policy at the sampling
+temperature *before* top-k / top-p truncation (TRL's GRPO convention; with no
+top-k / top-p it is exactly the distribution sampled from). A trainer gets
+the same numbers from a teacher-forced forward pass over prompt + completion
+with ``policy_logprobs`` (see its docstring for the slicing).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, struct
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding
+
+from geor_jax import sharding as sharding_lib
+from geor_jax.models.qwen2_5_vl import KVCache, Qwen2VL, init_cache, repeat_rows
+
+Grid = tuple[int, int, int]
+
+_CACHE_AXES = ("layers", "batch", None, "kv_heads", "head_dim")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """How to sample. Hashable: it is a static argument of the decode jit.
+
+    max_new_tokens: completion budget T (the width of every returned array).
+    temperature: logits are divided by it before sampling (> 0).
+    top_k: keep the k most likely tokens (0: off); ties with the k-th are kept.
+    top_p: keep the smallest set of most likely tokens whose mass reaches p
+      (1.0: off); applied after top-k, as transformers does.
+    greedy: take the argmax instead of sampling (temperature, top-k, top-p
+      then only affect the returned log-probs, through the temperature).
+    stop_tokens: a row ends after emitting any of these (the stop token is
+      part of the completion and of its mask), e.g. ``SpecialTokenIds.eos``.
+    pad_id: written after a row's end.
+    suppress_tokens: never sampled (logit -inf before temperature / top-k /
+      top-p). ``sample_groups`` always adds the model's image and video
+      placeholder ids: a completion holding one could not be teacher-forced,
+      the forward pass would read it as an image slot.
+    max_cache_len: if set, prompt length + max_new_tokens must fit in it
+      (e.g. the model's context length).
+    """
+
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    greedy: bool = False
+    stop_tokens: tuple[int, ...] = ()
+    pad_id: int = 0
+    suppress_tokens: tuple[int, ...] = ()
+    max_cache_len: int | None = None
+
+    def validate(self, vocab_size: int) -> None:
+        """Raise ``ValueError`` naming the first field the sampler cannot run with."""
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 0 <= self.top_k <= vocab_size:
+            raise ValueError(f"top_k must be in [0, vocab_size={vocab_size}], got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        for name, ids in (("stop_tokens", self.stop_tokens), ("pad_id", (self.pad_id,)),
+                          ("suppress_tokens", self.suppress_tokens)):
+            bad = [int(i) for i in ids if not 0 <= int(i) < vocab_size]
+            if bad:
+                raise ValueError(f"{name} {bad} outside the vocabulary [0, {vocab_size})")
+
+
+@struct.dataclass
+class Rollout:
+    """G completions for each of B prompts; every array has B*G group-major rows.
+
+    tokens: (B*G, T) int32, ``pad_id`` after a row's end.
+    mask: (B*G, T) int32, 1 on generated tokens (the stop token included).
+    lengths: (B*G,) int32, ``mask.sum(1)``.
+    logprobs: (B*G, T) float32, ``log_softmax(logits / temperature)`` at each
+      generated token (0 where ``mask`` is 0).
+    """
+
+    tokens: jax.Array
+    mask: jax.Array
+    lengths: jax.Array
+    logprobs: jax.Array
+
+
+def policy_logprobs(logits: jax.Array, tokens: jax.Array, temperature: float) -> jax.Array:
+    """``log_softmax(logits / temperature)`` at ``tokens``: the rollout log-prob convention.
+
+    logits (..., vocab), tokens (...) -> (...) float32. For a teacher-forced
+    forward over ``concat(prompt_tokens, rollout.tokens)`` (mask
+    ``concat(prompt_mask, rollout.mask)``), the completion's log-probs are
+    ``policy_logprobs(logits[:, P-1:P-1+T], rollout.tokens, T_sampling)``,
+    where P is the padded prompt length.
+    """
+    logits = logits.astype(jnp.float32) / temperature
+    picked = jnp.take_along_axis(logits, tokens[..., None], axis=-1)[..., 0]
+    return picked - jax.nn.logsumexp(logits, axis=-1)
+
+
+def _suppress(logits: jax.Array, config: SamplingConfig) -> jax.Array:
+    if not config.suppress_tokens:
+        return logits
+    return logits.at[:, jnp.asarray(config.suppress_tokens, jnp.int32)].set(-jnp.inf)
+
+
+def filter_logits(logits: jax.Array, config: SamplingConfig) -> jax.Array:
+    """Temperature-scaled logits (rows, vocab); suppressed tokens and tokens outside
+    top-k / top-p set to -inf."""
+    scaled = _suppress(logits.astype(jnp.float32), config) / config.temperature
+    if config.top_k:
+        kth = jax.lax.top_k(scaled, config.top_k)[0][:, -1:]
+        scaled = jnp.where(scaled < kth, -jnp.inf, scaled)
+    if config.top_p < 1:
+        ordered = jnp.sort(scaled, axis=-1)[:, ::-1]
+        probs = jax.nn.softmax(ordered, axis=-1)
+        mass_before = jnp.cumsum(probs, axis=-1) - probs
+        kept = jnp.where(mass_before < config.top_p, ordered, jnp.inf)
+        scaled = jnp.where(scaled < jnp.min(kept, axis=-1, keepdims=True), -jnp.inf, scaled)
+    return scaled
+
+
+def sample_tokens(logits: jax.Array, key: jax.Array, config: SamplingConfig) -> tuple[jax.Array, jax.Array]:
+    """One token per row from logits (rows, vocab): (tokens int32, log-probs float32).
+
+    Draws from the temperature / top-k / top-p distribution (argmax when
+    ``config.greedy``), never a suppressed token; the log-probs follow the
+    module's convention (full vocabulary, tempered, no truncation).
+    """
+    if config.greedy:
+        tokens = jnp.argmax(_suppress(logits, config), axis=-1)
+    else:
+        tokens = jax.random.categorical(key, filter_logits(logits, config), axis=-1)
+    tokens = tokens.astype(jnp.int32)
+    return tokens, policy_logprobs(logits, tokens, config.temperature)
+
+
+def _constrain_rows(tree, mesh: Mesh | None):
+    """Shard the row axis of the cache / per-row arrays over data+fsdp (kv heads over tensor)."""
+    if mesh is None:
+        return tree
+
+    def constrain(x):
+        axes = _CACHE_AXES if x.ndim == 5 else ("batch",) + (None,) * (x.ndim - 1) if x.ndim else ()
+        spec = sharding_lib.logical_to_spec(axes, x.shape, mesh)
+        return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+    return jax.tree.map(constrain, tree)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "grids", "group_size", "max_len", "mesh"))
+def _prefill(graphdef, state, prompt_tokens, prompt_mask, pixel_values, *, grids, group_size, max_len, mesh):
+    model = nnx.merge(graphdef, state)
+    cache = init_cache(model.config.text, prompt_tokens.shape[0], max_len, model.text.dtype)
+    hidden, cache = model.hidden_states(
+        prompt_tokens, prompt_mask, pixel_values=pixel_values, image_grid_thw=grids, cache=cache
+    )
+    logits = model.logits(hidden[:, -1:])[:, 0]
+    return _constrain_rows((repeat_rows(cache, group_size), jnp.repeat(logits, group_size, axis=0)), mesh)
+
+
+def prefill_groups(
+    model: Qwen2VL,
+    prompt_tokens: jax.Array,
+    prompt_mask: jax.Array,
+    *,
+    group_size: int,
+    max_len: int,
+    pixel_values: jax.Array | None = None,
+    image_grid_thw: Sequence[Grid] = (),
+    mesh: Mesh | None = None,
+) -> tuple[KVCache, jax.Array]:
+    """Prefill each prompt once and share it with its group.
+
+    Returns a cache of B*G rows and ``max_len`` slots holding the prompts
+    (row b*G+g = prompt b) and the next-token logits (B*G, vocab) float32.
+    Inputs are not validated here: ``sample_groups`` does that.
+    """
+    graphdef, state = nnx.split(model)
+    grids = tuple(tuple(int(v) for v in g) for g in image_grid_thw)
+    return _prefill(graphdef, state, prompt_tokens, prompt_mask, pixel_values,
+                    grids=grids, group_size=group_size, max_len=max_len, mesh=mesh)
+
+
+@struct.dataclass
+class _DecodeState:
+    """Loop carry: ``step`` tokens have been sampled for every live row."""
+
+    step: jax.Array
+    tokens: jax.Array
+    logprobs: jax.Array
+    lengths: jax.Array
+    done: jax.Array
+    cache: KVCache
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "config", "mesh"), donate_argnames=("cache",))
+def _decode(graphdef, state, cache, logits, key, *, config: SamplingConfig, mesh):
+    model = nnx.merge(graphdef, state)
+    rows, budget = logits.shape[0], config.max_new_tokens
+    stop = jnp.asarray(config.stop_tokens or (-1,), jnp.int32)
+
+    def emit(s: _DecodeState, logits) -> _DecodeState:
+        """Sample column ``s.step`` from ``logits``; finished rows get padding."""
+        token, logprob = sample_tokens(logits, jax.random.fold_in(key, s.step), config)
+        live = ~s.done
+        token = jnp.where(live, token, config.pad_id)
+        column = lambda a, v: jax.lax.dynamic_update_slice(a, v[:, None], (0, s.step))
+        return s.replace(
+            step=s.step + 1,
+            tokens=column(s.tokens, token),
+            logprobs=column(s.logprobs, jnp.where(live, logprob, 0.0)),
+            lengths=s.lengths + live,
+            done=s.done | jnp.isin(token, stop),
+        )
+
+    def not_finished(s: _DecodeState):
+        return ~jnp.all(s.done) & (s.step < budget)
+
+    def decode_step(s: _DecodeState) -> _DecodeState:
+        last = jax.lax.dynamic_slice_in_dim(s.tokens, s.step - 1, 1, axis=1)
+        positions = jnp.broadcast_to(s.cache.next_position[None, :, None], (3, rows, 1))
+        hidden, cache = model.hidden_states(last, (~s.done)[:, None].astype(jnp.int32), positions=positions, cache=s.cache)
+        return emit(s.replace(cache=cache), model.logits(hidden)[:, 0])
+
+    start = _DecodeState(
+        step=jnp.zeros((), jnp.int32),
+        tokens=jnp.full((rows, budget), config.pad_id, jnp.int32),
+        logprobs=jnp.zeros((rows, budget), jnp.float32),
+        lengths=jnp.zeros((rows,), jnp.int32),
+        done=jnp.zeros((rows,), bool),
+        cache=cache,
+    )
+    start = _constrain_rows(emit(start, logits), mesh)
+    end = jax.lax.while_loop(not_finished, decode_step, start)
+    mask = (jnp.arange(budget)[None, :] < end.lengths[:, None]).astype(jnp.int32)
+    # Returning the cache lets XLA run the loop in the donated buffers instead of a copy.
+    return Rollout(tokens=end.tokens, mask=mask, lengths=end.lengths, logprobs=end.logprobs), end.cache
+
+
+def _host_value(x) -> np.ndarray:
+    """A small reduced value on the host (works for global multi-host arrays too)."""
+    return np.asarray(jax.device_get(x))
+
+
+def validate_inputs(model: Qwen2VL, prompt_tokens, prompt_mask, pixel_values, image_grid_thw, group_size, config) -> None:
+    """Raise ``ValueError`` with a clear message for inputs the sampler cannot run, before compiling."""
+    if not isinstance(group_size, (int, np.integer)) or group_size < 1:
+        raise ValueError(f"group_size must be an integer >= 1, got {group_size!r}")
+    config.validate(model.config.text.vocab_size)
+    if len(prompt_tokens.shape) != 2 or tuple(prompt_tokens.shape) != tuple(prompt_mask.shape):
+        raise ValueError(f"prompt_tokens {prompt_tokens.shape} and prompt_mask {prompt_mask.shape} must be equal (B, P) shapes")
+    batch, length = prompt_tokens.shape
+    if batch < 1 or length < 1:
+        raise ValueError(f"empty prompt batch: prompt_tokens has shape {prompt_tokens.shape}")
+    if config.max_cache_len is not None and length + config.max_new_tokens > config.max_cache_len:
+        raise ValueError(f"prompt length {length} + max_new_tokens {config.max_new_tokens} exceeds "
+                         f"max_cache_len {config.max_cache_len}")
+    patches = sum(t * h * w for t, h, w in image_grid_thw)
+    if image_grid_thw and (pixel_values is None or pixel_values.shape[0] != patches):
+        got = None if pixel_values is None else pixel_values.shape
+        raise ValueError(f"image_grid_thw {tuple(image_grid_thw)} needs pixel_values of {patches} rows, got {got}")
+    real_per_row = _host_value(jnp.sum(jnp.asarray(prompt_mask) > 0, axis=1))
+    if np.any(real_per_row == 0):
+        raise ValueError(f"empty prompt: rows {np.flatnonzero(real_per_row == 0).tolist()} have no real tokens")
+    if not bool(_host_value(jnp.all(jnp.asarray(prompt_mask)[:, -1] > 0))):
+        raise ValueError("prompts must be left-padded: the last column of prompt_mask must be 1 in every row")
+
+
+def sample_groups(
+    model: Qwen2VL,
+    prompt_tokens: jax.Array,
+    prompt_mask: jax.Array,
+    key: jax.Array,
+    config: SamplingConfig,
+    *,
+    group_size: int,
+    pixel_values: jax.Array | None = None,
+    image_grid_thw: Sequence[Grid] = (),
+    mesh: Mesh | None = None,
+) -> Rollout:
+    """Sample ``group_size`` completions for each of B prompts.
+
+    Args:
+      model: a ``Qwen2VL`` (sharded or not).
+      prompt_tokens, prompt_mask: (B, P) int, LEFT-padded (the data
+        pipeline's ``prompt_tokens`` / ``prompt_mask``).
+      key: a PRNG key; the same key gives the same samples (on any mesh).
+      config: a ``SamplingConfig``.
+      group_size: G >= 1 samples per prompt.
+      pixel_values: (num_patches, patch_dim) patches of all images in batch
+        order, or None for text-only prompts.
+      image_grid_thw: static (t, h, w) per image, in batch order.
+      mesh: if given, rows (B*G) are sharded over data+fsdp and KV heads over
+        tensor; the model's parameters keep their own sharding.
+
+    Returns a ``Rollout`` of B*G group-major rows (row b*G+g is sample g of
+    prompt b). Compiles once per (model graph, B, P, G, image grids,
+    config, mesh); the sampling key and the weights are ordinary arguments.
+    """
+    validate_inputs(model, prompt_tokens, prompt_mask, pixel_values, image_grid_thw, group_size, config)
+    placeholders = {model.config.image_token_id, model.config.video_token_id}
+    config = dataclasses.replace(config, suppress_tokens=tuple(sorted(set(config.suppress_tokens) | placeholders)))
+    max_len = prompt_tokens.shape[1] + config.max_new_tokens
+    cache, logits = prefill_groups(model, prompt_tokens, prompt_mask, group_size=group_size, max_len=max_len,
+                                   pixel_values=pixel_values, image_grid_thw=image_grid_thw, mesh=mesh)
+    graphdef, state = nnx.split(model)
+    rollout, _ = _decode(graphdef, state, cache, logits, key, config=config, mesh=mesh)
+    return rollout
+
+
+def decode_completions(tokenizer, rollout: Rollout, skip_special_tokens: bool = True) -> list[str]:
+    """Text of every completion (B*G strings, group-major), each cut at its length.
+
+    ``tokenizer`` is a ``geor_jax.data.tokenizer.Tokenizer`` (anything with
+    ``decode(ids, skip_special_tokens=...)``). On multi-host meshes the rows
+    of every host are gathered first.
+    """
+    tokens, lengths = rollout.tokens, rollout.lengths
+    if not tokens.is_fully_addressable:
+        tokens, lengths = multihost_utils.process_allgather((tokens, lengths), tiled=True)
+    tokens, lengths = np.asarray(tokens), np.asarray(lengths)
+    return [tokenizer.decode(row[:n], skip_special_tokens=skip_special_tokens) for row, n in zip(tokens, lengths)]

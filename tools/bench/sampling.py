@@ -1,0 +1,243 @@
+"""Rollout throughput: ``geor_jax.sampling`` vs transformers ``generate`` on CPU.
+
+DESIGN.md bench config (random Qwen2.5-VL, ~36M parameters, fp32): B prompts
+of one 224x224 image (64 image tokens) and ~40 text tokens, G samples each,
+64 new tokens at temperature 0.9 (no top-k / top-p, no early stop on either
+side), both sides limited to ``--threads`` threads, same weights. Prints, per
+G, the median time of a whole call (prefill + decode) and generated tokens/s
+of both, their ratio, and the time of one decode step against this machine's
+hardware bound: max(step FLOPs / measured matmul peak, bytes read per step /
+measured copy bandwidth), bytes = decoder + LM-head parameters + the KV cache
+slots a step must read.
+
+    PYTHONPATH=. python tools/bench/sampling.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--prompts", type=int, default=2)
+    parser.add_argument("--groups", type=str, default="4,8,16")
+    parser.add_argument("--new_tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--torch_repeats", type=int, default=3)
+    parser.add_argument("--scan_layers", action="store_true")
+    parser.add_argument("--skip_torch", action="store_true")
+    return parser.parse_args()
+
+
+ARGS = parse_args()
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + f" --xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads={ARGS.threads}"
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from flax import nnx  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
+from geor_jax import sampling  # noqa: E402
+from geor_jax.models import qwen2_5_vl as qvl  # noqa: E402
+
+IMAGE_TOKEN, VIDEO_TOKEN, VISION_START, VISION_END = 8190, 8191, 8188, 8189
+GRID = (1, 16, 16)  # one 224x224 image -> 64 merged tokens
+TEMPERATURE = 0.9
+
+
+def bench_hf_model():
+    """The DESIGN.md bench config: a ~36M-parameter random Qwen2.5-VL."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    text = dict(vocab_size=8192, hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8,
+                num_key_value_heads=2, rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [8, 12, 12]},
+                bos_token_id=1, eos_token_id=2)
+    vision = dict(depth=4, hidden_size=256, num_heads=4, intermediate_size=704, out_hidden_size=512, patch_size=14,
+                  temporal_patch_size=2, spatial_merge_size=2, window_size=112, fullatt_block_indexes=[3])
+    config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=IMAGE_TOKEN, video_token_id=VIDEO_TOKEN,
+                              vision_start_token_id=VISION_START, vision_end_token_id=VISION_END)
+    torch.manual_seed(0)
+    return Qwen2_5_VLForConditionalGeneration(config).eval()
+
+
+def bench_prompts(prompts: int, patch_dim: int):
+    """Left-padded chat-like prompts: ~20 text tokens, the image block, ~20 text tokens (lengths differ by 4)."""
+    rng = np.random.RandomState(0)
+    image = [VISION_START] + [IMAGE_TOKEN] * (GRID[1] * GRID[2] // 4) + [VISION_END]
+    rows = [list(rng.randint(3, 8000, 20)) + image + list(rng.randint(3, 8000, 20 - 4 * (b % 2))) for b in range(prompts)]
+    width = max(map(len, rows))
+    ids = np.zeros((prompts, width), np.int32)
+    mask = np.zeros((prompts, width), np.int32)
+    for b, row in enumerate(rows):
+        ids[b, width - len(row):], mask[b, width - len(row):] = row, 1
+    pixels = rng.randn(prompts * GRID[0] * GRID[1] * GRID[2], patch_dim).astype(np.float32)
+    return ids, mask, pixels, (GRID,) * prompts
+
+
+def median_time(fn, repeats: int, warmup: int = 1) -> tuple[float, list[float]]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), times
+
+
+def matmul_peak(n: int = 2048) -> float:
+    """Measured fp32 FLOP/s of a large jnp matmul."""
+    a = jnp.asarray(np.random.RandomState(0).randn(n, n).astype(np.float32))
+    dot = jax.jit(jnp.dot)
+    seconds, _ = median_time(lambda: dot(a, a).block_until_ready(), 5)
+    return 2 * n**3 / seconds
+
+
+def copy_bandwidth(megabytes: int = 256) -> float:
+    """Measured bytes/s moved (read + write) by a jitted in-place elementwise pass over a
+    large array (donated, so no fresh pages are touched)."""
+    scale = jax.jit(lambda x: x * 1.0001, donate_argnums=0)
+    buffers = [jnp.ones((megabytes * 2**20 // 4,), jnp.float32)]
+
+    def run():
+        buffers[0] = scale(buffers[0]).block_until_ready()
+
+    seconds, _ = median_time(run, 5)
+    return 2 * buffers[0].nbytes / seconds
+
+
+def decode_step_flops(model, rows: int, max_len: int) -> float:
+    """XLA's FLOP count of one decode step (all rows, one token, full-length cache)."""
+    graphdef, state = nnx.split(model)
+
+    def step(state, cache, token):
+        m = nnx.merge(graphdef, state)
+        hidden, cache = m.hidden_states(token, jnp.ones_like(token), positions=jnp.zeros((3, rows, 1), jnp.int32), cache=cache)
+        return m.logits(hidden), cache
+
+    cache = jax.eval_shape(lambda: qvl.init_cache(model.config.text, rows, max_len))
+    token = jax.ShapeDtypeStruct((rows, 1), jnp.int32)
+    return jax.jit(step).lower(state, cache, token).compile().cost_analysis()["flops"]
+
+
+def loop_step_time(model, rows: int, slots: int, repeats: int, steps: int = 16) -> float:
+    """Seconds per decode step of a jitted loop over a cache of ``slots`` filled slots per row.
+
+    Comparing slots = prompt + new tokens (every sample holds its prompt copy)
+    with slots = new tokens (what each sample would hold if the prompt's keys
+    were shared) bounds what a shared-prefix attention could save.
+    """
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def run(state):
+        m = nnx.merge(graphdef, state)
+        cache = qvl.init_cache(m.config.text, rows, slots)
+        cache = cache.replace(valid=jnp.ones_like(cache.valid), length=jnp.asarray(slots - steps, jnp.int32))
+        ones, zeros = jnp.ones((rows, 1), jnp.int32), jnp.zeros((3, rows, 1), jnp.int32)
+
+        def body(_, carry):
+            cache, token = carry
+            hidden, cache = m.hidden_states(token, ones, positions=zeros, cache=cache)
+            return cache, jnp.argmax(m.logits(hidden), axis=-1).astype(jnp.int32)
+
+        return jax.lax.fori_loop(0, steps, body, (cache, ones))[1]
+
+    return median_time(lambda: jax.block_until_ready(run(state)), repeats)[0] / steps
+
+
+def streamed_param_bytes(model) -> int:
+    """Bytes of the parameters a decode step reads: decoder layers, final norm, LM head (not the
+    vision tower, and of the embedding table only the rows looked up)."""
+    text = nnx.state(model.text)
+    total = sum(x.nbytes for x in jax.tree.leaves(text)) - model.text.embed_tokens[...].nbytes
+    head = model.text.embed_tokens[...] if model.lm_head is None else model.lm_head.kernel[...]
+    return total + head.nbytes
+
+
+def main():
+    torch.set_num_threads(ARGS.threads)
+    hf = bench_hf_model()
+    n_params = sum(p.numel() for p in hf.parameters())
+    with tempfile.TemporaryDirectory() as tmp:
+        hf.save_pretrained(tmp)
+        model = qvl.load_hf_checkpoint(tmp, scan_layers=ARGS.scan_layers)
+    ids, mask, pixels, grids = bench_prompts(ARGS.prompts, model.config.vision.patch_dim)
+    prompt_len, new = ids.shape[1], ARGS.new_tokens
+    text = model.config.text
+    peak, bandwidth = matmul_peak(), copy_bandwidth()
+    param_bytes = streamed_param_bytes(model)
+    slot_bytes = 2 * text.num_layers * text.num_kv_heads * text.head_dim * 4  # keys + values, fp32
+    print(f"params {n_params / 1e6:.1f}M (decode streams {param_bytes / 1e6:.0f} MB)  prompts {ARGS.prompts} x {prompt_len} "
+          f"tokens (padded)  new tokens {new}  threads {ARGS.threads}  scan_layers {ARGS.scan_layers}")
+    print(f"fp32 matmul peak (2048^3 jnp.dot) {peak / 1e9:.1f} GFLOP/s; copy bandwidth (256 MB in-place x*c, read+write) "
+          f"{bandwidth / 1e9:.1f} GB/s")
+    config = sampling.SamplingConfig(max_new_tokens=new, temperature=TEMPERATURE)
+    jids, jmask, jpix = jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(pixels)
+    rows_header = ("G", "jax s/call", "jax tok/s", "hf s/call", "hf tok/s", "ratio", "prefill s", "step ms",
+                   "bound ms", "step/bound", "bound tok/s")
+    results = []
+    for group in (int(g) for g in ARGS.groups.split(",")):
+        rows = ARGS.prompts * group
+        key = jax.random.key(0)
+
+        def call():
+            out = sampling.sample_groups(model, jids, jmask, key, config, group_size=group, pixel_values=jpix,
+                                         image_grid_thw=grids)
+            return jax.block_until_ready(out)
+
+        out = call()
+        assert int(np.min(np.asarray(out.lengths))) == new
+        jax_s, _ = median_time(call, ARGS.repeats)
+
+        def prefill():
+            return jax.block_until_ready(sampling.prefill_groups(
+                model, jids, jmask, group_size=group, max_len=prompt_len + new, pixel_values=jpix, image_grid_thw=grids))
+
+        prefill_s, _ = median_time(prefill, ARGS.repeats)
+        step_s = (jax_s - prefill_s) / (new - 1)
+        flops = decode_step_flops(model, rows, prompt_len + new)
+        mean_slots = prompt_len + (new - 1) / 2  # slots holding tokens, averaged over the decode steps
+        step_bytes = param_bytes + rows * mean_slots * slot_bytes
+        bound_s = max(flops / peak, step_bytes / bandwidth)
+        full_slots_s = loop_step_time(model, rows, prompt_len + new, ARGS.repeats)
+        completion_slots_s = loop_step_time(model, rows, new, ARGS.repeats)
+        hf_s = float("nan")
+        if not ARGS.skip_torch:
+            def hf_call():
+                with torch.no_grad():
+                    return hf.generate(
+                        input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask, dtype=torch.long),
+                        pixel_values=torch.tensor(pixels), image_grid_thw=torch.tensor(grids),
+                        mm_token_type_ids=torch.tensor((ids == IMAGE_TOKEN).astype(np.int64)),
+                        do_sample=True, temperature=TEMPERATURE, top_k=0, top_p=1.0, num_return_sequences=group,
+                        max_new_tokens=new, min_new_tokens=new, pad_token_id=0)
+
+            assert hf_call().shape == (rows, prompt_len + new)
+            hf_s, _ = median_time(hf_call, ARGS.torch_repeats)
+        generated = rows * new
+        results.append((group, jax_s, generated / jax_s, hf_s, generated / hf_s, hf_s / jax_s, prefill_s, 1e3 * step_s,
+                        1e3 * bound_s, step_s / bound_s, rows / bound_s))
+        print(f"G={group}: step FLOPs {flops / 1e6:.0f} M ({1e3 * flops / peak:.2f} ms at peak), step bytes "
+              f"{step_bytes / 1e6:.0f} MB ({1e3 * step_bytes / bandwidth:.2f} ms at bandwidth); model step over "
+              f"{prompt_len + new} cache slots {1e3 * full_slots_s:.2f} ms vs {new} slots {1e3 * completion_slots_s:.2f} ms "
+              "(shared-prefix headroom)", flush=True)
+    print("| " + " | ".join(rows_header) + " |")
+    print("|" + " --- |" * len(rows_header))
+    for r in results:
+        print(f"| {r[0]} | {r[1]:.3f} | {r[2]:.0f} | {r[3]:.3f} | {r[4]:.0f} | {r[5]:.2f}x | {r[6]:.3f} | {r[7]:.2f} | "
+              f"{r[8]:.2f} | {r[9]:.2f} | {r[10]:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
