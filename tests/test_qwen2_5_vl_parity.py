@@ -101,3 +101,17 @@ def test_token_logprobs_match_log_softmax(models):
     ref = torch.log_softmax(torch.tensor(logits[:, :-1]), -1).gather(-1, torch.tensor(ids[:, 1:, None]))[..., 0].numpy()
     got = qvl.token_logprobs(jnp.asarray(nnx_logits(model, ids))[:, :-1], jnp.asarray(ids[:, 1:]))
     assert _max_diff(ref, got) <= TOL
+
+
+def test_image_token_id_without_images_is_plain_text():
+    import jax.numpy as jnp
+
+    import tiny_policy
+    from geor_jax.models.qwen2_5_vl import mrope_positions
+
+    config = tiny_policy.config()
+    ids = jnp.array([[0, 5, config.image_token_id, config.image_token_id, 7]])
+    mask = jnp.array([[0, 1, 1, 1, 1]])
+    positions, next_position = mrope_positions(ids, mask, (), config)
+    np.testing.assert_array_equal(np.asarray(positions), np.tile([[[0, 0, 1, 2, 3]]], (3, 1, 1)))
+    assert int(next_position[0]) == 4

@@ -69,7 +69,8 @@ def mrope_positions(
         the sequence (what a decode step continues from).
     """
     valid = attention_mask.astype(bool)
-    is_image = (input_ids == config.image_token_id) & valid
+    # Without images every token is text, even one whose id is the image pad.
+    is_image = (input_ids == config.image_token_id) & valid & bool(image_grid_thw)
     offsets, is_last, advance = (jnp.asarray(a) for a in image_token_table(tuple(image_grid_thw), config.vision.spatial_merge_size))
     num_image_tokens = offsets.shape[0] if image_grid_thw else 0
     image_row = jnp.cumsum(is_image.reshape(-1)) - 1
