@@ -15,9 +15,10 @@ import functools
 import os
 from collections.abc import Mapping, Sequence
 
+import jax
 import numpy as np
 
-from geor_jax import geo, regions, rewards
+from geor_jax import geo, regions, rewards, sampling, sharding
 
 LEVELS = rewards.LEVELS
 
@@ -50,6 +51,7 @@ def evaluate_answers(
     distance = np.where(valid, np.asarray(geo.haversine_km(pred_lat, pred_lon, true_lat, true_lon)), np.inf)
 
     metrics = {k: float(v) for k, v in geo.threshold_accuracy(distance, thresholds_km).items()}
+    metrics["reward_mean"] = float(np.mean(rewards.score_completions(texts, true_lat, true_lon).reward))
     metrics["geoguessr_mean"] = float(np.mean(np.where(valid, np.asarray(geo.geoguessr_score(distance)), 0.0)))
     metrics["valid_rate"] = float(valid.mean())
     metrics["count"] = len(texts)
@@ -66,6 +68,37 @@ def evaluate_answers(
     return metrics, per_example
 
 
+def generate_answers(model, tokenizer, batches, max_new_tokens: int, *, mesh=None,
+                     max_examples: int | None = None) -> dict:
+    """Greedy answers for the examples of ``batches`` (pipeline ``Batch``es), padding dropped.
+
+    Returns ``texts``, ``lat``, ``lon`` (ground truth) and ``regions`` (the
+    truth's Chain of Region, recomputed from lat/lon so every host has all
+    of it), for at most ``max_examples`` examples.
+    """
+    config = sampling.SamplingConfig(max_new_tokens=max_new_tokens, greedy=True,
+                                     stop_tokens=tokenizer.special_ids.eos, pad_id=tokenizer.special_ids.pad)
+    texts, lat, lon = [], [], []
+    for batch in batches:
+        a = batch.arrays
+        rollout = sampling.sample_groups(
+            model, a["prompt_tokens"], a["prompt_mask"], jax.random.key(0), config, group_size=1,
+            pixel_values=a["pixel_values"], image_grid_thw=(batch.grid_thw,) * a["prompt_tokens"].shape[0], mesh=mesh,
+        )
+        keep = sharding.to_host(a["example_mask"]) == 1
+        texts += [text for text, k in zip(sampling.decode_completions(tokenizer, rollout), keep) if k]
+        lat.append(sharding.to_host(a["lat"])[keep])
+        lon.append(sharding.to_host(a["lon"])[keep])
+        if max_examples is not None and len(texts) >= max_examples:
+            break
+    if not texts:
+        raise ValueError("generate_answers: the batches held no examples")
+    limit = len(texts) if max_examples is None else max_examples
+    lat, lon = np.concatenate(lat)[:limit].astype(np.float64), np.concatenate(lon)[:limit].astype(np.float64)
+    return {"texts": texts[:limit], "lat": lat, "lon": lon,
+            "regions": regions.chain_of_region(np.stack([lat, lon], axis=1))}
+
+
 def markdown_report(runs: Mapping[str, Mapping[str, float]], title: str = "Geolocation results") -> str:
     """A Markdown table with one row per run (e.g. "SFT" and "SFT + GRPO") and one column per metric."""
     if not runs:
@@ -78,7 +111,9 @@ def markdown_report(runs: Mapping[str, Mapping[str, float]], title: str = "Geolo
     def cell(key, metrics):
         if key not in metrics:
             return "-"
-        return f"{100 * metrics[key]:.1f}" if is_percent(key) else f"{metrics[key]:.1f}"
+        if is_percent(key):
+            return f"{100 * metrics[key]:.1f}"
+        return f"{metrics[key]:.3f}" if key == "reward_mean" else f"{metrics[key]:.1f}"
 
     header = ["run"] + [f"{key} (%)" if is_percent(key) else key for key in columns]
     lines = [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
@@ -149,3 +184,25 @@ def _world_places(stride: int = 3) -> tuple[np.ndarray, np.ndarray]:
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))[::stride]
     return np.array([float(r["lat"]) for r in rows]), np.array([float(r["lon"]) for r in rows])
+
+
+def write_outputs(out_dir: str, runs: Mapping[str, tuple[Mapping[str, float], Mapping[str, np.ndarray]]],
+                  title: str = "Geolocation results") -> str:
+    """metrics.json, report.md, error_cdf.png and world_<run>.png for one or more runs; returns the report.
+
+    ``runs`` maps a run name to ``evaluate_answers``' (metrics, per_example).
+    """
+    import json
+
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+        json.dump({name: dict(metrics) for name, (metrics, _) in runs.items()}, f, indent=2)
+    report = markdown_report({name: metrics for name, (metrics, _) in runs.items()}, title)
+    with open(os.path.join(out_dir, "report.md"), "w") as f:
+        f.write(report)
+    plot_error_cdf({name: per["distance_km"] for name, (_, per) in runs.items()}, os.path.join(out_dir, "error_cdf.png"))
+    for name, (_, per) in runs.items():
+        slug = "".join(ch if ch.isalnum() else "_" for ch in name.lower()).strip("_")
+        plot_world_scatter(per["pred_lat"], per["pred_lon"], per["true_lat"], per["true_lon"], per["valid"],
+                           os.path.join(out_dir, f"world_{slug}.png"), title=name)
+    return report

@@ -144,6 +144,15 @@ def shard_model(model: nnx.Module, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> 
     return model
 
 
+def to_host(x) -> np.ndarray:
+    """A (possibly multi-host) global array's full value as NumPy, on every host."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
 def batch_sharding(mesh: Mesh, ndim: int, batch_axis: int = 0) -> NamedSharding:
     """Sharding of an input whose ``batch_axis`` is split over the data and fsdp axes."""
     spec = [None] * ndim

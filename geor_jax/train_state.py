@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx, struct
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from geor_jax import sharding
 
@@ -94,6 +94,12 @@ def create_train_state(
         rng=rng,
         skipped_updates=jnp.zeros((), jnp.int32),
     )
+    if mesh is not None:
+        # Commit every leaf to the mesh (scalars replicated): a step returns
+        # them so, and a state placed otherwise would compile a second time.
+        replicated = NamedSharding(mesh, PartitionSpec())
+        state = jax.device_put(state, jax.tree.map(
+            lambda x: x.sharding if isinstance(x.sharding, NamedSharding) else replicated, state))
     return graphdef, state
 
 
