@@ -8,6 +8,7 @@ use; norms and softmax always run in float32.
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import jax
@@ -48,8 +49,19 @@ class Dense(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        """Contract the last ``n_in`` dimensions of ``x`` with the kernel.
+
+        Computed as one 2-D matmul, (tokens, fan_in) @ (fan_in, fan_out), with
+        reshapes around it: for XLA CPU that keeps the backward's weight
+        gradient ``x^T @ dy`` a plain dot of row-major operands, where the
+        equivalent rank-3 ``tensordot`` made XLA copy a transposed activation
+        before each weight-gradient dot (about 10% of an MLP's fwd+bwd).
+        """
         kernel = self.kernel[...].astype(self.dtype)
-        y = jnp.tensordot(x.astype(self.dtype), kernel, axes=(tuple(range(x.ndim - self.n_in, x.ndim)), tuple(range(self.n_in))))
+        in_shape, out_shape = kernel.shape[: self.n_in], kernel.shape[self.n_in :]
+        lead = x.shape[: x.ndim - self.n_in]
+        fan_in = math.prod(in_shape)
+        y = jnp.dot(x.astype(self.dtype).reshape(-1, fan_in), kernel.reshape(fan_in, -1)).reshape(lead + out_shape)
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y
@@ -143,15 +155,23 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
     q: (batch, q_len, heads, head_dim); k, v: (batch, k_len, kv_heads, head_dim);
     mask: boolean, broadcastable to (batch, q_len, k_len), True where a query
     may attend. Scores and softmax are float32; returns q's shape and dtype.
+
+    Inputs are moved to head-major layout, (batch, kv_heads, group, q_len,
+    head_dim), once up front and the output moved back once at the end, so
+    both score matmuls are plain batched matmuls over (batch, kv_heads); with
+    the token-major layout XLA CPU inserted transposes of the (batch, heads,
+    q_len, k_len) score and probability tensors around every matmul in the
+    backward pass.
     """
     batch, q_len, heads, head_dim = q.shape
     kv_heads = k.shape[2]
     groups = heads // kv_heads
-    q = q.reshape(batch, q_len, kv_heads, groups, head_dim)
-    scores = jnp.einsum("bqhgd,bkhd->bhgqk", q, k, preferred_element_type=jnp.float32)
+    q = q.reshape(batch, q_len, kv_heads, groups, head_dim).transpose(0, 2, 3, 1, 4)
+    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # (batch, kv_heads, k_len, head_dim)
+    scores = jnp.einsum("bhgqd,bhkd->bhgqk", q, k, preferred_element_type=jnp.float32)
     scores = scores * (head_dim**-0.5)
     if mask is not None:
         scores = jnp.where(mask[:, None, None, :, :], scores, _MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bhgqk,bkhd->bqhgd", probs, v, preferred_element_type=jnp.float32)
-    return out.reshape(batch, q_len, heads, head_dim).astype(q.dtype)
+    out = jnp.einsum("bhgqk,bhkd->bhgqd", probs, v, preferred_element_type=jnp.float32)
+    return out.transpose(0, 3, 1, 2, 4).reshape(batch, q_len, heads, head_dim).astype(q.dtype)

@@ -119,12 +119,18 @@ class Qwen2VL(nnx.Module):
         return hidden, new_cache
 
     def logits(self, hidden: jax.Array) -> jax.Array:
-        """LM head (tied to the embedding if configured); float32 logits."""
+        """LM head (tied to the embedding if configured); float32 logits.
+
+        One 2-D matmul over the flattened tokens (see ``layers.Dense`` for why).
+        """
+        tokens = hidden.reshape(-1, hidden.shape[-1])
         if self.lm_head is None:
             kernel = self.text.embed_tokens[...].astype(hidden.dtype)
-            return jnp.einsum("bsd,vd->bsv", hidden, kernel, preferred_element_type=jnp.float32)
-        kernel = self.lm_head.kernel[...].astype(hidden.dtype)
-        return jnp.einsum("bsd,dv->bsv", hidden, kernel, preferred_element_type=jnp.float32)
+            logits = jnp.einsum("td,vd->tv", tokens, kernel, preferred_element_type=jnp.float32)
+        else:
+            kernel = self.lm_head.kernel[...].astype(hidden.dtype)
+            logits = jnp.dot(tokens, kernel, preferred_element_type=jnp.float32)
+        return logits.reshape(hidden.shape[:-1] + (logits.shape[-1],))
 
     def __call__(
         self,

@@ -111,13 +111,19 @@ def vision_patch_positions(grids: tuple[Grid, ...], merge: int) -> np.ndarray:
     return np.concatenate(out).astype(np.int32)
 
 
-def vision_rope(patch_positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
-    """cos/sin (num_patches, head_dim) of the axial 2-D rotary embedding:
+def vision_rope(patch_positions: np.ndarray, head_dim: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
+    """cos/sin (num_patches, head_dim) float32 of the axial 2-D rotary embedding:
     the first quarter of frequencies rotate by row, the second by column,
-    repeated for the rotate-half pairing."""
+    repeated for the rotate-half pairing.
+
+    Computed on the host with numpy: the patch positions are static, and as
+    traced ``jnp.cos``/``jnp.sin`` XLA CPU fused the transcendentals into
+    every consumer (q and k rotations of each block, forward and backward),
+    recomputing them per head instead of reading a table.
+    """
     quarter = head_dim // 4
     inv_freq = 1.0 / (theta ** (np.arange(quarter, dtype=np.float32) * 2 / (head_dim // 2)))
-    angles = patch_positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # (n, 2, quarter)
+    angles = np.asarray(patch_positions).astype(np.float32)[..., None] * inv_freq.astype(np.float32)  # (n, 2, quarter)
     angles = angles.reshape(angles.shape[0], 2 * quarter)
-    angles = jnp.concatenate([angles, angles], axis=-1)
-    return jnp.cos(angles), jnp.sin(angles)
+    angles = np.concatenate([angles, angles], axis=-1)
+    return np.cos(angles), np.sin(angles)

@@ -113,7 +113,7 @@ class VisionTower(nnx.Module):
         x = self.patch_embed(pixel_values)
         if layout.token_order is not None:
             x = x[layout.token_order]
-        cos, sin = vision_rope(jnp.asarray(layout.patch_positions), config.head_dim, config.rope_theta)
+        cos, sin = vision_rope(layout.patch_positions, config.head_dim, config.rope_theta)
 
         def run_block(block, x, cos, sin, layout):
             return block(x, cos, sin, layout)
