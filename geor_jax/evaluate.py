@@ -72,13 +72,14 @@ def generate_answers(model, tokenizer, batches, max_new_tokens: int, *, mesh=Non
                      max_examples: int | None = None) -> dict:
     """Greedy answers for the examples of ``batches`` (pipeline ``Batch``es), padding dropped.
 
-    Returns ``texts``, ``lat``, ``lon`` (ground truth) and ``regions`` (the
+    Returns ``texts``, ``lat``, ``lon`` (ground truth), ``regions`` (the
     truth's Chain of Region, recomputed from lat/lon so every host has all
-    of it), for at most ``max_examples`` examples.
+    of it) and, on a single host, the record ``ids``, for at most
+    ``max_examples`` examples.
     """
     config = sampling.SamplingConfig(max_new_tokens=max_new_tokens, greedy=True,
                                      stop_tokens=tokenizer.special_ids.eos, pad_id=tokenizer.special_ids.pad)
-    texts, lat, lon = [], [], []
+    texts, lat, lon, ids = [], [], [], []
     for batch in batches:
         a = batch.arrays
         rollout = sampling.sample_groups(
@@ -89,13 +90,15 @@ def generate_answers(model, tokenizer, batches, max_new_tokens: int, *, mesh=Non
         texts += [text for text, k in zip(sampling.decode_completions(tokenizer, rollout), keep) if k]
         lat.append(sharding.to_host(a["lat"])[keep])
         lon.append(sharding.to_host(a["lon"])[keep])
+        if jax.process_count() == 1:
+            ids += [str(i) for i in np.asarray(batch.host["id"])[keep]]
         if max_examples is not None and len(texts) >= max_examples:
             break
     if not texts:
         raise ValueError("generate_answers: the batches held no examples")
     limit = len(texts) if max_examples is None else max_examples
     lat, lon = np.concatenate(lat)[:limit].astype(np.float64), np.concatenate(lon)[:limit].astype(np.float64)
-    return {"texts": texts[:limit], "lat": lat, "lon": lon,
+    return {"texts": texts[:limit], "lat": lat, "lon": lon, "ids": ids[:limit] or None,
             "regions": regions.chain_of_region(np.stack([lat, lon], axis=1))}
 
 
@@ -184,6 +187,17 @@ def _world_places(stride: int = 3) -> tuple[np.ndarray, np.ndarray]:
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))[::stride]
     return np.array([float(r["lat"]) for r in rows]), np.array([float(r["lon"]) for r in rows])
+
+
+def write_predictions(path: str, ids: Sequence[str], per_example: Mapping[str, np.ndarray]) -> None:
+    """One CSV row per example: id, truth, prediction, validity, error (tools/mine_hard.py reads it)."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "lat", "lon", "pred_lat", "pred_lon", "valid", "distance_km"])
+        for i, example_id in enumerate(ids):
+            writer.writerow([example_id, per_example["true_lat"][i], per_example["true_lon"][i],
+                             per_example["pred_lat"][i], per_example["pred_lon"][i], int(per_example["valid"][i]),
+                             per_example["distance_km"][i]])
 
 
 def write_outputs(out_dir: str, runs: Mapping[str, tuple[Mapping[str, float], Mapping[str, np.ndarray]]],

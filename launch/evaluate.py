@@ -6,8 +6,11 @@
 
 The model comes from a HF checkpoint directory (one that ``launch/train.py``
 exported, or a downloaded Qwen2.5-VL); the config gives the mesh, data and
-eval settings. Writes metrics.json, report.md, error_cdf.png, world_<name>.png.
+eval settings. Writes metrics.json, report.md, error_cdf.png, world_<name>.png
+and predictions.csv (per image; ``tools/mine_hard.py --predictions`` reads it).
 """
+
+import os
 
 import jax
 from absl import app, flags, logging
@@ -41,6 +44,8 @@ def main(argv):
                                             mesh=mesh, max_examples=e.num_examples)
     result = evaluate.evaluate_answers(answers["texts"], answers["lat"], answers["lon"], answers["regions"])
     report = evaluate.write_outputs(_OUTPUT_DIR.value, {_NAME.value: result}, title=f"{_NAME.value} on {e.split}")
+    if answers["ids"] is not None:
+        evaluate.write_predictions(os.path.join(_OUTPUT_DIR.value, "predictions.csv"), answers["ids"], result[1])
     print(report)
 
 

@@ -72,6 +72,8 @@ def test_train_resume_grpo_and_evaluate(data, tmp_path):
                                     f"--output_dir={eval_dir}", "--name=tiny", *overrides(data, 1)])
     metrics = json.loads((eval_dir / "metrics.json").read_text())["tiny"]
     assert metrics["count"] == 6 and 0 <= metrics["valid_rate"] <= 1
+    rows = (eval_dir / "predictions.csv").read_text().splitlines()
+    assert rows[0] == "id,lat,lon,pred_lat,pred_lon,valid,distance_km" and len(rows) == 7
     for name in ("report.md", "error_cdf.png", "world_tiny.png"):
         assert (eval_dir / name).is_file(), name
     assert "| tiny |" in result.stdout
