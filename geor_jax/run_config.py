@@ -118,6 +118,32 @@ def base_config(stage: str = "sft") -> ml_collections.ConfigDict:
     return c
 
 
+HARDWARE = ("tpu_v5p", "gpu8")
+
+
+def real_size_config(stage: str, hardware: str, text: dict, checkpoint: str, train_records: str,
+                     eval_records: str) -> ml_collections.ConfigDict:
+    """A full-size run on 8 devices: a v5p-16 slice (``tpu_v5p``) or 8x 80 GB GPUs (``gpu8``).
+
+    FSDP over the 8 devices, bf16 compute with fp32 master weights, remat and
+    scanned layers (the base defaults); the model and its tokenizer come from
+    ``checkpoint`` (a HF directory). GPUs, with less memory per device than a
+    v5p chip (80 vs 95 GB), accumulate gradients over two micro-batches.
+    """
+    if hardware not in HARDWARE:
+        raise ValueError(f"hardware={hardware!r}: choose one of {HARDWARE}")
+    c = base_config(stage)
+    c.mesh = dict(data=1, fsdp=8, tensor=1)
+    c.model.init_from = checkpoint
+    c.model.text = dict(text)
+    c.data.tokenizer_dir = checkpoint
+    c.data.records_dir = train_records
+    c.eval.records_dir = eval_records
+    micro_batches = 1 if hardware == "tpu_v5p" else 2
+    c.sft.num_micro_batches = c.grpo.num_micro_batches = micro_batches
+    return c
+
+
 def check(config: ml_collections.ConfigDict, num_devices: int) -> dict[str, int]:
     """Raise ``ValueError`` naming the field if shapes cannot work; returns the mesh sizes.
 
