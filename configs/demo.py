@@ -27,7 +27,7 @@ def get_config(stage: str = "sft"):
     c.data.data_dir = f"{DEMO_ROOT}/data"
     c.data.records_dir = f"{DEMO_ROOT}/data/geo_cor_records/demo_400_0_train/1.0.0"
     c.data.tokenizer_dir = f"{DEMO_ROOT}/data/demo_tokenizer"
-    c.data.global_batch_size = 16 if stage == "sft" else 4
+    c.data.global_batch_size = 16 if stage == "sft" else 8
     c.data.buckets = ((112, 112),)  # 8x8 patches -> 16 image tokens
     c.data.max_prompt_len = 64
     c.data.max_target_len = 64
@@ -40,7 +40,7 @@ def get_config(stage: str = "sft"):
     c.eval.every_steps = 0  # 0: only at the end
     c.eval.max_new_tokens = 64
 
-    c.optimizer.learning_rate = 3e-3 if stage == "sft" else 2e-4
+    c.optimizer.learning_rate = 3e-3 if stage == "sft" else 1e-4
     c.optimizer.warmup_steps = 10 if stage == "sft" else 0
     c.optimizer.final_learning_rate_fraction = 0.1
 

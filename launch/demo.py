@@ -17,9 +17,10 @@ import shutil
 import time
 
 import jax
+import numpy as np
 from absl import app, flags, logging
 
-from geor_jax import evaluate, sharding, train_loop
+from geor_jax import evaluate, rewards, sampling, sharding, train_loop
 from geor_jax.data import demo_world, pipeline
 from geor_jax.data import tokenizer as tokenizer_lib
 from geor_jax.models import qwen2_5_vl as qvl
@@ -61,8 +62,9 @@ def build_data(data_dir: str) -> None:
                                       seed=seed, height=IMAGE_SIDE, width=IMAGE_SIDE, split=split)
 
 
-def evaluate_checkpoint(config, hf_dir: str, mesh):
-    """(metrics, per-example) of a stage's exported checkpoint on the held-out split."""
+def evaluate_checkpoint(config, hf_dir: str, mesh, samples: int = 4):
+    """A stage's exported checkpoint on the held-out split: ((metrics, per-example) of greedy
+    answers, mean reward of ``samples`` sampled answers per image at the GRPO temperature)."""
     tokenizer = tokenizer_lib.load_tokenizer(config.data.tokenizer_dir)
     model = qvl.load_hf_checkpoint(hf_dir, mesh=mesh)
     e = config.eval
@@ -70,7 +72,28 @@ def evaluate_checkpoint(config, hf_dir: str, mesh):
     with jax.set_mesh(mesh):
         answers = evaluate.generate_answers(model, tokenizer, pipeline.make_iterator(data, mesh), e.max_new_tokens,
                                             mesh=mesh, max_examples=e.num_examples)
-    return evaluate.evaluate_answers(answers["texts"], answers["lat"], answers["lon"], answers["regions"])
+        sampled = sampled_rewards(model, tokenizer, pipeline.make_iterator(data, mesh), config, mesh, samples)
+    greedy = evaluate.evaluate_answers(answers["texts"], answers["lat"], answers["lon"], answers["regions"])
+    return greedy, float(np.mean(sampled))
+
+
+def sampled_rewards(model, tokenizer, batches, config, mesh, samples: int) -> np.ndarray:
+    """Geo-R rewards of ``samples`` answers per held-out image, drawn as GRPO draws them."""
+    sampling_config = sampling.SamplingConfig(
+        max_new_tokens=config.eval.max_new_tokens, temperature=config.grpo.temperature,
+        stop_tokens=tokenizer.special_ids.eos, pad_id=tokenizer.special_ids.pad)
+    out = []
+    for index, batch in enumerate(batches):
+        a = batch.arrays
+        rollout = sampling.sample_groups(
+            model, a["prompt_tokens"], a["prompt_mask"], jax.random.key(index), sampling_config, group_size=samples,
+            pixel_values=a["pixel_values"], image_grid_thw=(batch.grid_thw,) * a["prompt_tokens"].shape[0], mesh=mesh)
+        keep = np.repeat(np.asarray(a["example_mask"]) == 1, samples)
+        scored = rewards.score_completions(sampling.decode_completions(tokenizer, rollout),
+                                           np.repeat(np.asarray(a["lat"]), samples),
+                                           np.repeat(np.asarray(a["lon"]), samples))
+        out.append(scored.reward[keep])
+    return np.concatenate(out)
 
 
 def reward_curve(workdir: str) -> list[tuple[int, float]]:
@@ -99,15 +122,20 @@ def main(argv):
     train_loop.run(grpo_config, os.path.join(root, "grpo"))
     print("== 4/4 evaluation on held-out demo images", flush=True)
     mesh = sharding.make_mesh(**sft_config.mesh)
-    runs = {name: evaluate_checkpoint(sft_config, os.path.join(root, stage, "hf"), mesh)
-            for name, stage in (("SFT", "sft"), ("SFT + GRPO", "grpo"))}
+    results = {name: evaluate_checkpoint(sft_config, os.path.join(root, stage, "hf"), mesh)
+               for name, stage in (("SFT", "sft"), ("SFT + GRPO", "grpo"))}
+    runs = {name: greedy for name, (greedy, _) in results.items()}
     report = evaluate.write_outputs(os.path.join(root, "report"), runs,
                                     title="Demo world, held-out images: before and after GRPO")
     curve = reward_curve(os.path.join(root, "grpo"))
     lines = [report, "GRPO mean reward of sampled groups (train): "
              + ", ".join(f"step {step}: {reward:.3f}" for step, reward in curve)]
-    before, after = runs["SFT"][0]["reward_mean"], runs["SFT + GRPO"][0]["reward_mean"]
-    lines.append(f"Held-out mean reward (greedy): SFT {before:.3f} -> SFT + GRPO {after:.3f} ({after - before:+.3f})")
+    for label, (before, after) in (
+        ("greedy answer", (runs["SFT"][0]["reward_mean"], runs["SFT + GRPO"][0]["reward_mean"])),
+        ("4 sampled answers at the GRPO temperature", (results["SFT"][1], results["SFT + GRPO"][1])),
+    ):
+        lines.append(f"Held-out mean reward, {label} per image: SFT {before:.3f} -> SFT + GRPO {after:.3f} "
+                     f"({after - before:+.3f})")
     lines.append(f"Outputs in {os.path.join(root, 'report')} (report.md, metrics.json, error_cdf.png, world_*.png); "
                  f"total {time.perf_counter() - started:.0f} s")
     print("\n" + "\n".join(lines), flush=True)

@@ -1,9 +1,11 @@
 """launch/train.py (SFT, resume, GRPO) and launch/evaluate.py on the demo config, in subprocesses.
 
-The subprocesses inherit the 8 fake CPU devices: the runs are sharded fsdp=8.
+The subprocesses run on 2 fake CPU devices (sharded fsdp=2) with a smaller
+model than the demo's, and evaluate only where a test reads the result.
 """
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -35,19 +37,25 @@ def overrides(data, stage_steps: int) -> list[str]:
         "--config.eval.max_new_tokens=8", "--config.data.global_batch_size=8", "--config.data.max_target_len=64",
         f"--config.train.num_steps={stage_steps}", "--config.train.log_every=1", "--config.train.checkpoint_every=1",
         "--config.grpo.group_size=2", "--config.grpo.max_new_tokens=8",
+        "--config.model.text.hidden_size=64", "--config.model.text.intermediate_size=128",
+        "--config.model.text.num_heads=2", "--config.model.text.num_kv_heads=2",
     ]
 
 
+NO_EVAL = "--config.eval.records_dir="
+
+
 def launch(script: str, args: list[str]) -> subprocess.CompletedProcess:
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
     result = subprocess.run([sys.executable, f"launch/{script}", *args], cwd=ROOT, capture_output=True, text=True,
-                            timeout=900)
+                            timeout=900, env=env)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result
 
 
 def test_train_resume_grpo_and_evaluate(data, tmp_path):
     sft_dir, grpo_dir, eval_dir = tmp_path / "sft", tmp_path / "grpo", tmp_path / "eval"
-    launch("train.py", ["--config=configs/demo.py:sft", f"--workdir={sft_dir}", *overrides(data, 2)])
+    launch("train.py", ["--config=configs/demo.py:sft", f"--workdir={sft_dir}", *overrides(data, 2), NO_EVAL])
     resumed = launch("train.py", ["--config=configs/demo.py:sft", f"--workdir={sft_dir}", *overrides(data, 3)])
     assert "resumed from checkpoint at step 2" in resumed.stdout
     logs = [json.loads(line) for line in (sft_dir / "metrics.jsonl").read_text().splitlines()]
@@ -60,7 +68,7 @@ def test_train_resume_grpo_and_evaluate(data, tmp_path):
     assert json.loads((sft_dir / "config.json").read_text())["stage"] == "sft"
 
     launch("train.py", ["--config=configs/demo.py:grpo", f"--workdir={grpo_dir}",
-                        f"--config.model.init_from={sft_dir / 'hf'}", *overrides(data, 1)])
+                        f"--config.model.init_from={sft_dir / 'hf'}", *overrides(data, 1), NO_EVAL])
     grpo_logs = [json.loads(line) for line in (grpo_dir / "metrics.jsonl").read_text().splitlines()]
     train_row = next(row for row in grpo_logs if row["split"] == "train")
     for key in ("loss", "reward_mean", "reward_std", "kl", "clip_fraction", "zero_advantage_fraction",
