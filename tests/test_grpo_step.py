@@ -153,3 +153,15 @@ def test_sharded_step_equals_single_device():
         sharded, metrics = WHOLE_STEP(state, rollout)
     assert float(metrics["loss"]) == pytest.approx(float(WHOLE_METRICS["loss"]), rel=1e-5)
     assert_params_close(sharded, WHOLE)
+
+
+def test_second_pass_on_one_rollout_is_off_policy():
+    """Several optimisation passes reuse the rollout's old_logp: after one update the ratio moves off 1."""
+    on_policy = dataclasses.replace(ROLLOUT, old_logp=logprobs.continuation_logprobs(
+        tiny_policy.model(), ROLLOUT.prompts, ROLLOUT.completions, ROLLOUT.completion_mask, group_size=G,
+        temperature=CONFIG.temperature))
+    state, first = WHOLE_STEP(fresh_state(), on_policy)
+    state, second = WHOLE_STEP(state, on_policy)
+    assert float(first["ratio_mean"]) == pytest.approx(1.0, abs=1e-5)
+    assert abs(float(second["ratio_mean"]) - 1.0) > 1e-3
+    assert int(state.step) == 2
