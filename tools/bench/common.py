@@ -114,6 +114,15 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def current_rss_bytes() -> int:
+    """This process's resident set size now (Linux ``/proc/self/status``)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 def load_average() -> str:
     """The 1 / 5 / 15 minute load averages, for the results' load note."""
     return " ".join(f"{x:.2f}" for x in os.getloadavg())

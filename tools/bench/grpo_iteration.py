@@ -112,7 +112,8 @@ def load_examples(workdir: str) -> list[dict]:
 def rss_and_load() -> dict:
     import common
 
-    return {"peak_rss_gb": common.peak_rss_bytes() / 1e9, "load": common.load_average()}
+    return {"peak_rss_gb": common.peak_rss_bytes() / 1e9, "rss_gb": common.current_rss_bytes() / 1e9,
+            "load": common.load_average()}
 
 
 # ---------------------------------------------------------------------------------------------------------------
