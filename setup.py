@@ -35,6 +35,14 @@ TEST = [
     "hypothesis==6.170.15",
 ]
 
+BENCH = TEST + [
+    # The PyTorch peer of the GRPO benchmark (tools/bench/grpo_iteration.py); checked not to move torch,
+    # transformers or protobuf.
+    "trl==1.16.0",
+    "accelerate==1.15.0",
+    "datasets==5.2.0",
+]
+
 setup(
     name="geor_jax",
     version="0.1.0",
@@ -42,5 +50,5 @@ setup(
     packages=find_packages(include=["geor_jax", "geor_jax.*"]),
     python_requires=">=3.11",
     install_requires=CORE,
-    extras_require={"test": TEST, "bench": TEST},
+    extras_require={"test": TEST, "bench": BENCH},
 )

@@ -16,7 +16,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 
 
 def parse_args():
@@ -32,8 +31,11 @@ def parse_args():
 
 
 ARGS = parse_args()
-os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + f" --xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads={ARGS.threads}"
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+import common  # noqa: E402
+
+common.thread_flags(ARGS.threads)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -41,26 +43,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from flax import nnx  # noqa: E402
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 from geor_jax.models import qwen2_5_vl as qvl  # noqa: E402
-
-IMAGE_TOKEN, VISION_START, VISION_END = 8190, 8188, 8189
-GRID = (1, 16, 16)  # one 224x224 image -> 64 merged tokens
-
-
-def bench_hf_model():
-    """The DESIGN.md bench config: a ~36M-parameter random Qwen2.5-VL."""
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
-    text = dict(vocab_size=8192, hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8,
-                num_key_value_heads=2, rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [8, 12, 12]},
-                bos_token_id=1, eos_token_id=2)
-    vision = dict(depth=4, hidden_size=256, num_heads=4, intermediate_size=704, out_hidden_size=512, patch_size=14,
-                  temporal_patch_size=2, spatial_merge_size=2, window_size=112, fullatt_block_indexes=[3])
-    config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=IMAGE_TOKEN, video_token_id=8191,
-                              vision_start_token_id=VISION_START, vision_end_token_id=VISION_END)
-    torch.manual_seed(0)
-    return Qwen2_5_VLForConditionalGeneration(config)
+from common import GRID, IMAGE_TOKEN, VISION_END, VISION_START  # noqa: E402
 
 
 def bench_inputs(batch: int, text_tokens: int, patch_dim: int):
@@ -74,27 +58,12 @@ def bench_inputs(batch: int, text_tokens: int, patch_dim: int):
 
 
 def timed(step, steps: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return times
-
-
-def matmul_peak(n: int = 2048) -> float:
-    """Measured fp32 FLOP/s of a large jnp matmul (median of 5)."""
-    a = jnp.asarray(np.random.RandomState(0).randn(n, n).astype(np.float32))
-    dot = jax.jit(jnp.dot)
-    times = timed(lambda: dot(a, a).block_until_ready(), 5, 2)
-    return 2 * n**3 / statistics.median(times)
+    return common.median_time(step, steps, warmup)[1]
 
 
 def main():
     torch.set_num_threads(ARGS.threads)
-    hf = bench_hf_model()
+    hf = common.bench_hf_model()
     n_params = sum(p.numel() for p in hf.parameters())
     with tempfile.TemporaryDirectory() as tmp:
         hf.save_pretrained(tmp)
@@ -118,7 +87,7 @@ def main():
     flops = compiled.cost_analysis()["flops"]
     jax_times = timed(lambda: jax.block_until_ready(compiled(state, jids, jpix)), ARGS.steps, ARGS.warmup)
     jax_median = statistics.median(jax_times)
-    peak = matmul_peak()
+    peak = common.matmul_peak()
     print(f"fp32 matmul peak (2048^3 jnp.dot): {peak / 1e9:.1f} GFLOP/s")
     print(f"step FLOPs (XLA cost analysis, fwd+bwd): {flops / 1e9:.1f} GFLOP")
     print(f"jax/nnx      : median {jax_median:.2f} s/step  {tokens / jax_median:.0f} tokens/s  "

@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
-import time
 
 
 def parse_args():
@@ -37,8 +35,11 @@ def parse_args():
 
 
 ARGS = parse_args()
-os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + f" --xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads={ARGS.threads}"
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+import common  # noqa: E402
+
+common.thread_flags(ARGS.threads)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -46,28 +47,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from flax import nnx  # noqa: E402
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
+from common import GRID, IMAGE_TOKEN, VISION_END, VISION_START, copy_bandwidth, matmul_peak, median_time  # noqa: E402
 from geor_jax import sampling  # noqa: E402
 from geor_jax.models import qwen2_5_vl as qvl  # noqa: E402
 
-IMAGE_TOKEN, VIDEO_TOKEN, VISION_START, VISION_END = 8190, 8191, 8188, 8189
-GRID = (1, 16, 16)  # one 224x224 image -> 64 merged tokens
 TEMPERATURE = 0.9
-
-
-def bench_hf_model():
-    """The DESIGN.md bench config: a ~36M-parameter random Qwen2.5-VL."""
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
-    text = dict(vocab_size=8192, hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8,
-                num_key_value_heads=2, rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [8, 12, 12]},
-                bos_token_id=1, eos_token_id=2)
-    vision = dict(depth=4, hidden_size=256, num_heads=4, intermediate_size=704, out_hidden_size=512, patch_size=14,
-                  temporal_patch_size=2, spatial_merge_size=2, window_size=112, fullatt_block_indexes=[3])
-    config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=IMAGE_TOKEN, video_token_id=VIDEO_TOKEN,
-                              vision_start_token_id=VISION_START, vision_end_token_id=VISION_END)
-    torch.manual_seed(0)
-    return Qwen2_5_VLForConditionalGeneration(config).eval()
 
 
 def bench_prompts(prompts: int, patch_dim: int):
@@ -82,38 +66,6 @@ def bench_prompts(prompts: int, patch_dim: int):
         ids[b, width - len(row):], mask[b, width - len(row):] = row, 1
     pixels = rng.randn(prompts * GRID[0] * GRID[1] * GRID[2], patch_dim).astype(np.float32)
     return ids, mask, pixels, (GRID,) * prompts
-
-
-def median_time(fn, repeats: int, warmup: int = 1) -> tuple[float, list[float]]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), times
-
-
-def matmul_peak(n: int = 2048) -> float:
-    """Measured fp32 FLOP/s of a large jnp matmul."""
-    a = jnp.asarray(np.random.RandomState(0).randn(n, n).astype(np.float32))
-    dot = jax.jit(jnp.dot)
-    seconds, _ = median_time(lambda: dot(a, a).block_until_ready(), 5)
-    return 2 * n**3 / seconds
-
-
-def copy_bandwidth(megabytes: int = 256) -> float:
-    """Measured bytes/s moved (read + write) by a jitted in-place elementwise pass over a
-    large array (donated, so no fresh pages are touched)."""
-    scale = jax.jit(lambda x: x * 1.0001, donate_argnums=0)
-    buffers = [jnp.ones((megabytes * 2**20 // 4,), jnp.float32)]
-
-    def run():
-        buffers[0] = scale(buffers[0]).block_until_ready()
-
-    seconds, _ = median_time(run, 5)
-    return 2 * buffers[0].nbytes / seconds
 
 
 def decode_step_flops(model, rows: int, max_len: int) -> float:
@@ -167,7 +119,7 @@ def streamed_param_bytes(model) -> int:
 
 def main():
     torch.set_num_threads(ARGS.threads)
-    hf = bench_hf_model()
+    hf = common.bench_hf_model()
     n_params = sum(p.numel() for p in hf.parameters())
     with tempfile.TemporaryDirectory() as tmp:
         hf.save_pretrained(tmp)

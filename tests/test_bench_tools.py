@@ -1,0 +1,86 @@
+"""The benchmark helpers' FLOP counts and the memory planner on tiny configs (a few seconds each)."""
+
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tools"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tools", "bench"))
+
+import common  # noqa: E402
+import plan_memory  # noqa: E402
+
+from geor_jax import sharding  # noqa: E402
+
+
+def test_matmul_flops_matches_xla_cost_analysis():
+    a = jax.ShapeDtypeStruct((64, 32), jnp.float32)
+    b = jax.ShapeDtypeStruct((32, 48), jnp.float32)
+    assert common.matmul_flops(64, 48, 32) == 2 * 64 * 48 * 32
+    assert common.compiled_flops(jax.jit(jnp.dot), a, b) == pytest.approx(common.matmul_flops(64, 48, 32), rel=0.01)
+
+
+def test_decoder_forward_flops_matches_xla_on_a_tiny_decoder():
+    from flax import nnx
+
+    config = plan_memory.TINY.text
+    from geor_jax.models.qwen2_5_vl.text import TextDecoder
+
+    decoder = nnx.eval_shape(lambda: TextDecoder(config, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(decoder)
+    batch, seq = 2, 32
+
+    def forward(state, embeds):
+        model = nnx.merge(graphdef, state)
+        positions = jnp.broadcast_to(jnp.arange(seq)[None, None], (3, batch, seq))
+        hidden, _ = model(embeds, positions, jnp.ones((batch, seq), jnp.int32))
+        return hidden @ model.embed_tokens[...].T
+
+    embeds = jax.ShapeDtypeStruct((batch, seq, config.hidden_size), jnp.float32)
+    xla = common.compiled_flops(jax.jit(forward), state, embeds)
+    # Every token attends over all ``seq`` keys in the masked dense attention.
+    analytic = common.decoder_forward_flops(config.hidden_size, config.intermediate_size, config.num_heads,
+                                            config.num_kv_heads, config.num_layers, config.vocab_size,
+                                            tokens=batch * seq, context=seq)
+    assert xla == pytest.approx(analytic, rel=0.15)
+
+
+def _plan(devices: int):
+    mesh = sharding.make_mesh(1, devices, 1, devices=jax.devices()[:devices])
+    return plan_memory.Plan(plan_memory.TINY, mesh, dtype=jnp.bfloat16, param_dtype=jnp.float32, remat=True,
+                            scan_layers=True)
+
+
+def test_plan_state_bytes_are_exact_and_shard():
+    one, four = _plan(1), _plan(4)
+    assert one.param_bytes == 4 * one.n_params
+    assert one.state_bytes == pytest.approx(3 * one.param_bytes, rel=0.001)  # params + AdamW mu and nu (+ counts)
+    # Sharded over 4 devices: about a quarter (small vectors that 4 does not divide stay replicated).
+    assert one.state_bytes / 4 <= four.state_bytes < 0.4 * one.state_bytes
+
+
+def test_plan_sft_step_updates_the_state_in_place():
+    plan = _plan(2)
+    grid = plan_memory.image_grid(56, plan.config)
+    (phase,) = plan_memory.plan_sft(plan, batch=2, seq=48, target_len=16, grid=grid, micro_batches=1)
+    assert phase.aliased >= 0.99 * plan.state_bytes  # the donated train state is updated in place
+    assert phase.peak > plan.state_bytes and phase.temporaries > 0
+
+
+def test_plan_grpo_rollout_phases_grow_with_group_size():
+    plan = _plan(2)
+    grid = plan_memory.image_grid(56, plan.config)
+
+    def phases(group_size):
+        return plan_memory.plan_grpo(plan, prompts=2, group_size=group_size, prompt_len=24, completion_len=8, grid=grid,
+                                     micro_batches=1, shared_prompt=True, update=False)
+
+    small, large = phases(2), phases(8)
+    assert [p.name for p in small] == ["rollout prefill", "rollout decode", "reference logprobs"]
+    for a, b in zip(small, large):
+        assert b.peak > a.peak, a.name
+    result = plan_memory.report("tiny", plan, large, plan.state_bytes + plan.ref_bytes, hbm_gb=1.0)
+    assert result["peak"] >= plan.state_bytes + plan.ref_bytes

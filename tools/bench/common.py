@@ -1,0 +1,128 @@
+"""Shared pieces of the side-by-side benchmarks: the DESIGN.md bench config, timing, hardware peaks.
+
+Import this after setting ``XLA_FLAGS`` (``thread_flags``): it imports JAX.
+torch / transformers are imported only by the functions that need them, so a
+JAX-only benchmark process never loads them.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Special-token ids of the model / sampling benchmarks (random token ids, no tokenizer).
+IMAGE_TOKEN, VIDEO_TOKEN, VISION_START, VISION_END = 8190, 8191, 8188, 8189
+GRID = (1, 16, 16)  # one 224x224 image -> 256 patches -> 64 merged tokens
+
+# DESIGN.md "The bench config": a ~36M-parameter random Qwen2.5-VL.
+BENCH_TEXT = dict(vocab_size=8192, hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8,
+                  num_key_value_heads=2, rope_parameters={"rope_type": "default", "rope_theta": 1e6,
+                                                          "mrope_section": [8, 12, 12]})
+BENCH_VISION = dict(depth=4, hidden_size=256, num_heads=4, intermediate_size=704, out_hidden_size=512, patch_size=14,
+                    temporal_patch_size=2, spatial_merge_size=2, window_size=112, fullatt_block_indexes=[3])
+BENCH_TOKEN_IDS = dict(image_token_id=IMAGE_TOKEN, video_token_id=VIDEO_TOKEN, vision_start_token_id=VISION_START,
+                       vision_end_token_id=VISION_END)
+
+
+def thread_flags(threads: int) -> None:
+    """Limit XLA CPU to ``threads`` threads; call before JAX starts a backend."""
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + f" --xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads={threads}").strip()
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+def bench_hf_model(token_ids: dict | None = None, bos_token_id: int = 1, eos_token_id: int = 2, seed: int = 0):
+    """The bench config as a random transformers ``Qwen2_5_VLForConditionalGeneration`` (eval mode).
+
+    ``token_ids`` overrides the image / video / vision start / end ids (e.g. a
+    tokenizer's ``SpecialTokenIds.model_config_overrides()``).
+    """
+    import torch
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    ids = dict(BENCH_TOKEN_IDS, **(token_ids or {}))
+    text = dict(BENCH_TEXT, bos_token_id=bos_token_id, eos_token_id=eos_token_id)
+    config = Qwen2_5_VLConfig(text_config=text, vision_config=dict(BENCH_VISION), **ids)
+    torch.manual_seed(seed)
+    return Qwen2_5_VLForConditionalGeneration(config).eval()
+
+
+def median_time(fn, repeats: int, warmup: int = 1) -> tuple[float, list[float]]:
+    """Median seconds of ``fn()`` over ``repeats`` calls after ``warmup`` calls, and all the times."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), times
+
+
+def matmul_peak(n: int = 2048, dtype=jnp.float32) -> float:
+    """Measured FLOP/s of a large jitted square matmul in ``dtype`` (median of 5)."""
+    a = jnp.asarray(np.random.RandomState(0).randn(n, n), dtype)
+    dot = jax.jit(jnp.dot)
+    seconds, _ = median_time(lambda: dot(a, a).block_until_ready(), 5, 2)
+    return matmul_flops(n, n, n) / seconds
+
+
+def copy_bandwidth(megabytes: int = 256) -> float:
+    """Measured bytes/s moved (read + write) by a jitted in-place elementwise pass over a large array
+    (donated, so no fresh pages are touched)."""
+    scale = jax.jit(lambda x: x * 1.0001, donate_argnums=0)
+    buffers = [jnp.ones((megabytes * 2**20 // 4,), jnp.float32)]
+
+    def run():
+        buffers[0] = scale(buffers[0]).block_until_ready()
+
+    seconds, _ = median_time(run, 5)
+    return 2 * buffers[0].nbytes / seconds
+
+
+def matmul_flops(m: int, n: int, k: int) -> int:
+    """FLOPs of an (m, k) x (k, n) matmul (multiply + add)."""
+    return 2 * m * n * k
+
+
+def decoder_forward_flops(hidden: int, intermediate: int, heads: int, kv_heads: int, layers: int, vocab: int,
+                          tokens: int, context: int, logit_tokens: int | None = None) -> int:
+    """Matmul FLOPs of a Qwen2-style decoder forward over ``tokens`` tokens that each attend to ``context``
+    keys (on average), plus the LM head on ``logit_tokens`` (default: all) tokens. Elementwise work is
+    not counted (it is a few percent)."""
+    head_dim = hidden // heads
+    projections = matmul_flops(tokens, (heads + 2 * kv_heads) * head_dim, hidden) + matmul_flops(tokens, hidden, hidden)
+    attention = 2 * matmul_flops(tokens, context, head_dim) * heads
+    mlp = 3 * matmul_flops(tokens, intermediate, hidden)
+    head = matmul_flops(tokens if logit_tokens is None else logit_tokens, vocab, hidden)
+    return layers * (projections + attention + mlp) + head
+
+
+def compiled_flops(jitted, *args, **kwargs) -> float:
+    """XLA's FLOP count (cost analysis) of ``jitted`` compiled for these arguments."""
+    return float(jitted.lower(*args, **kwargs).compile().cost_analysis()["flops"])
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size so far (Linux ``ru_maxrss`` is in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def current_rss_bytes() -> int:
+    """This process's resident set size now (Linux ``/proc/self/status``)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def load_average() -> str:
+    """The 1 / 5 / 15 minute load averages, for the results' load note."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
