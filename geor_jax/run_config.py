@@ -122,13 +122,14 @@ HARDWARE = ("tpu_v5p", "gpu8")
 
 
 def real_size_config(stage: str, hardware: str, text: dict, checkpoint: str, train_records: str,
-                     eval_records: str) -> ml_collections.ConfigDict:
+                     eval_records: str, num_micro_batches: int) -> ml_collections.ConfigDict:
     """A full-size run on 8 devices: a v5p-16 slice (``tpu_v5p``) or 8x 80 GB GPUs (``gpu8``).
 
     FSDP over the 8 devices, bf16 compute with fp32 master weights, remat and
     scanned layers (the base defaults); the model and its tokenizer come from
-    ``checkpoint`` (a HF directory). GPUs, with less memory per device than a
-    v5p chip (80 vs 95 GB), accumulate gradients over two micro-batches.
+    ``checkpoint`` (a HF directory). ``num_micro_batches`` comes from
+    tools/plan_memory.py: both targets hold 80 GB or more per device, and the
+    plan's per-device peaks fit both with the same split.
     """
     if hardware not in HARDWARE:
         raise ValueError(f"hardware={hardware!r}: choose one of {HARDWARE}")
@@ -139,8 +140,7 @@ def real_size_config(stage: str, hardware: str, text: dict, checkpoint: str, tra
     c.data.tokenizer_dir = checkpoint
     c.data.records_dir = train_records
     c.eval.records_dir = eval_records
-    micro_batches = 1 if hardware == "tpu_v5p" else 2
-    c.sft.num_micro_batches = c.grpo.num_micro_batches = micro_batches
+    c.sft.num_micro_batches = c.grpo.num_micro_batches = num_micro_batches
     return c
 
 
