@@ -77,29 +77,33 @@ def create_train_state(
 ) -> tuple[nnx.GraphDef, TrainState]:
     """Split ``model`` into its structure and a fresh train state.
 
-    With a mesh, params are placed by the partition rules and the optimizer
-    state is created under jit with the same shardings (its moments mirror
-    the params). ``rng`` is a typed or raw key.
+    With a mesh, params are placed by the partition rules, the optimizer's
+    moments get the same shardings and everything else is replicated, so a
+    step returns the state exactly as placed (no second compile). ``rng`` is a
+    typed or raw key.
     """
     graphdef, params = nnx.split(model, nnx.Param)
-    if mesh is not None:
-        params = jax.device_put(params, sharding.state_shardings(params, mesh, rules))
-    opt_state = jax.jit(optimizer.init)(params)
     if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
         rng = jax.random.key_data(rng)
-    state = TrainState(
-        params=params,
-        opt_state=opt_state,
-        step=jnp.zeros((), jnp.int32),
-        rng=rng,
-        skipped_updates=jnp.zeros((), jnp.int32),
-    )
-    if mesh is not None:
-        # Commit every leaf to the mesh (scalars replicated): a step returns
-        # them so, and a state placed otherwise would compile a second time.
+    if mesh is None:
+        opt_state = jax.jit(optimizer.init)(params)
+    else:
+        params = jax.device_put(params, sharding.state_shardings(params, mesh, rules))
+        # The optimizer's moments mirror the params' shardings; its counters
+        # and every scalar are replicated. (Left to XLA, init's zeros do not
+        # depend on the params and land on one device.)
         replicated = NamedSharding(mesh, PartitionSpec())
-        state = jax.device_put(state, jax.tree.map(
-            lambda x: x.sharding if isinstance(x.sharding, NamedSharding) else replicated, state))
+        opt_shardings = optax.tree_map_params(
+            optimizer, lambda _, param_sharding: param_sharding, jax.eval_shape(optimizer.init, params),
+            jax.tree.map(lambda x: x.sharding, params), transform_non_params=lambda _: replicated,
+        )
+        opt_state = jax.jit(optimizer.init, out_shardings=opt_shardings)(params)
+        rng = jax.device_put(rng, replicated)
+    def counter():  # one buffer each: the step donates them
+        zero = jnp.zeros((), jnp.int32)
+        return zero if mesh is None else jax.device_put(zero, replicated)
+
+    state = TrainState(params=params, opt_state=opt_state, step=counter(), rng=rng, skipped_updates=counter())
     return graphdef, state
 
 

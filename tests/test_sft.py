@@ -73,6 +73,11 @@ def test_sharded_step_equals_single_device():
     graphdef, state = fresh_state(mesh)
     kernel = state.params["text"]["layers"][0]["mlp"]["up_proj"]["kernel"]
     assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+    # AdamW's moments are sharded like their params, not gathered on one device.
+    adam_state = fresh_state(mesh, optimizer=OPTIMIZER.make())[1].opt_state
+    adam = next(s for s in jax.tree.leaves(adam_state, is_leaf=lambda x: hasattr(x, "mu")) if hasattr(s, "mu"))
+    mu_kernel = adam.mu["text"]["layers"][0]["mlp"]["up_proj"]["kernel"]
+    assert mu_kernel.sharding.spec == kernel.sharding.spec
     prompts, targets, mask = batch()
     put = lambda x: jax.device_put(x, sharding.batch_sharding(mesh, x.ndim))  # noqa: E731
     prompts = logprobs.Prompts(put(prompts.tokens), put(prompts.mask), put(prompts.pixel_values), prompts.grids)
