@@ -145,18 +145,32 @@ def filter_logits(logits: jax.Array, config: SamplingConfig) -> jax.Array:
     return scaled
 
 
+def first_argmax(x: jax.Array) -> jax.Array:
+    """Index of the first maximum along the last axis, int32 (``jnp.argmax`` for non-NaN rows).
+
+    Two plain reductions (max, then the smallest index holding it): XLA CPU
+    vectorises these, where ``jnp.argmax``'s paired value/index reduction runs
+    about 2.5x slower on (16, 8192) logits. A row with a NaN gets the last index.
+    """
+    vocab = x.shape[-1]
+    best = jnp.max(x, axis=-1, keepdims=True)
+    index = jnp.min(jnp.where(x == best, jnp.arange(vocab, dtype=jnp.int32), vocab), axis=-1)
+    return jnp.minimum(index, vocab - 1)
+
+
 def sample_tokens(logits: jax.Array, key: jax.Array, config: SamplingConfig) -> tuple[jax.Array, jax.Array]:
     """One token per row from logits (rows, vocab): (tokens int32, log-probs float32).
 
-    Draws from the temperature / top-k / top-p distribution (argmax when
-    ``config.greedy``), never a suppressed token; the log-probs follow the
-    module's convention (full vocabulary, tempered, no truncation).
+    Draws from the temperature / top-k / top-p distribution by the Gumbel-max
+    trick (argmax when ``config.greedy``), never a suppressed token; the
+    log-probs follow the module's convention (full vocabulary, tempered, no
+    truncation).
     """
     if config.greedy:
-        tokens = jnp.argmax(_suppress(logits, config), axis=-1)
+        tokens = first_argmax(_suppress(logits.astype(jnp.float32), config))
     else:
-        tokens = jax.random.categorical(key, filter_logits(logits, config), axis=-1)
-    tokens = tokens.astype(jnp.int32)
+        filtered = filter_logits(logits, config)
+        tokens = first_argmax(filtered + jax.random.gumbel(key, filtered.shape, jnp.float32))
     return tokens, policy_logprobs(logits, tokens, config.temperature)
 
 
