@@ -97,7 +97,7 @@ def continuation_logprobs(
 def _shared_prompt_logits(model, prompts, tokens, mask, group_size):
     """Logits predicting each continuation token, the prompts run once per group."""
     batch, prompt_len = prompts.tokens.shape
-    cache = qvl.init_cache(model.config.text, batch, prompt_len + tokens.shape[1], dtype=model.text.dtype)
+    cache = model.init_cache(batch, prompt_len + tokens.shape[1])
     prompt_hidden, cache = model.hidden_states(
         prompts.tokens, prompts.mask, pixel_values=prompts.pixel_values, image_grid_thw=prompts.grids, cache=cache
     )

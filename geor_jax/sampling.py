@@ -36,11 +36,10 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
 from geor_jax import sharding as sharding_lib
-from geor_jax.models.qwen2_5_vl import KVCache, Qwen2VL, init_cache, repeat_rows
+from geor_jax.models.qwen2_5_vl import KVCache, Qwen2VL, repeat_rows
+from geor_jax.models.qwen2_5_vl.cache import KEY_AXES, VALUE_AXES
 
 Grid = tuple[int, int, int]
-
-_CACHE_AXES = ("layers", "batch", None, "kv_heads", "head_dim")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,12 +136,39 @@ def filter_logits(logits: jax.Array, config: SamplingConfig) -> jax.Array:
         kth = jax.lax.top_k(scaled, config.top_k)[0][:, -1:]
         scaled = jnp.where(scaled < kth, -jnp.inf, scaled)
     if config.top_p < 1:
-        ordered = jnp.sort(scaled, axis=-1)[:, ::-1]
-        probs = jax.nn.softmax(ordered, axis=-1)
-        mass_before = jnp.cumsum(probs, axis=-1) - probs
-        kept = jnp.where(mass_before < config.top_p, ordered, jnp.inf)
-        scaled = jnp.where(scaled < jnp.min(kept, axis=-1, keepdims=True), -jnp.inf, scaled)
+        scaled = _top_p_filter(scaled, config.top_p)
     return scaled
+
+
+def _ordered_int(x: jax.Array) -> jax.Array:
+    """float32 -> int32 preserving order (infinities included), to bisect over floats exactly."""
+    bits = jax.lax.bitcast_convert_type(x, jnp.int32)
+    return jnp.where(bits < 0, bits ^ jnp.int32(0x7FFFFFFF), bits)
+
+
+def _top_p_filter(scaled: jax.Array, top_p: float) -> jax.Array:
+    """Keep the smallest set of most likely tokens whose mass reaches ``top_p`` (ties with
+    the least likely kept token are kept); the rest become -inf.
+
+    Token i is kept iff the mass of tokens strictly more likely than it is
+    below ``top_p``. The cut-off logit is found by bisection over the logits'
+    order-preserving int32 codes (32 halvings of the int32 range make it
+    exact), each step one masked sum over the vocabulary: no sort, which costs
+    more than the whole model step on CPU for a (16, 8192) batch.
+    """
+    probs = jax.nn.softmax(scaled, axis=-1)
+    codes = _ordered_int(scaled)
+    mass_above = lambda t: jnp.sum(jnp.where(codes > t, probs, 0.0), axis=-1, keepdims=True)  # noqa: E731
+
+    def halve(_, bounds):  # invariant: mass_above(lo) >= top_p > mass_above(hi)
+        lo, hi = bounds
+        mid = (lo >> 1) + (hi >> 1) + (lo & hi & 1)
+        below = mass_above(mid) < top_p
+        return jnp.where(below, lo, mid), jnp.where(below, mid, hi)
+
+    lo = jnp.full(codes.shape[:-1] + (1,), jnp.iinfo(jnp.int32).min, jnp.int32)
+    lo, _ = jax.lax.fori_loop(0, 32, halve, (lo, jnp.max(codes, axis=-1, keepdims=True)))
+    return jnp.where(codes > lo, scaled, -jnp.inf)
 
 
 def first_argmax(x: jax.Array) -> jax.Array:
@@ -158,39 +184,64 @@ def first_argmax(x: jax.Array) -> jax.Array:
     return jnp.minimum(index, vocab - 1)
 
 
+def _inverse_cdf_sample(key: jax.Array, scaled: jax.Array) -> jax.Array:
+    """One draw per row from softmax(scaled) (rows, vocab), -inf entries never drawn.
+
+    Inverse-CDF sampling needs one uniform number per row, where Gumbel-max
+    needs one per vocabulary entry (on XLA CPU generating those dominated the
+    sampling cost). The draw is the first token whose cumulative mass reaches
+    u in (0, total]; requiring a positive probability as well keeps
+    zero-probability tokens out even where float rounding of the cumulative
+    sum is not monotone.
+    """
+    probs = jnp.exp(scaled - jnp.max(scaled, axis=-1, keepdims=True))
+    cdf = jnp.cumsum(probs, axis=-1)
+    positive = probs > 0
+    total = jnp.max(jnp.where(positive, cdf, 0.0), axis=-1, keepdims=True)
+    u = (1.0 - jax.random.uniform(key, total.shape, jnp.float32)) * total
+    vocab = scaled.shape[-1]
+    return jnp.min(jnp.where((cdf >= u) & positive, jnp.arange(vocab, dtype=jnp.int32), vocab), axis=-1)
+
+
 def sample_tokens(logits: jax.Array, key: jax.Array, config: SamplingConfig) -> tuple[jax.Array, jax.Array]:
     """One token per row from logits (rows, vocab): (tokens int32, log-probs float32).
 
-    Draws from the temperature / top-k / top-p distribution by the Gumbel-max
-    trick (argmax when ``config.greedy``), never a suppressed token; the
+    Draws from the temperature / top-k / top-p distribution by inverse-CDF
+    sampling (argmax when ``config.greedy``), never a suppressed token; the
     log-probs follow the module's convention (full vocabulary, tempered, no
     truncation).
     """
     if config.greedy:
         tokens = first_argmax(_suppress(logits.astype(jnp.float32), config))
     else:
-        filtered = filter_logits(logits, config)
-        tokens = first_argmax(filtered + jax.random.gumbel(key, filtered.shape, jnp.float32))
+        tokens = _inverse_cdf_sample(key, filter_logits(logits, config))
     return tokens, policy_logprobs(logits, tokens, config.temperature)
 
 
 def _constrain_rows(tree, mesh: Mesh | None):
-    """Shard the row axis of the cache / per-row arrays over data+fsdp (kv heads over tensor)."""
+    """Shard the row axis of caches and per-row arrays over data+fsdp (a cache's kv heads over tensor)."""
     if mesh is None:
         return tree
 
-    def constrain(x):
-        axes = _CACHE_AXES if x.ndim == 5 else ("batch",) + (None,) * (x.ndim - 1) if x.ndim else ()
+    def constrain(x, axes=None):
+        axes = axes or (("batch",) + (None,) * (x.ndim - 1) if x.ndim else ())
         spec = sharding_lib.logical_to_spec(axes, x.shape, mesh)
         return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
-    return jax.tree.map(constrain, tree)
+    def constrain_cache(cache: KVCache) -> KVCache:
+        layer = ("layers",) if cache.stacked else ()
+        return cache.replace(keys=jax.tree.map(lambda x: constrain(x, layer + KEY_AXES), cache.keys),
+                             values=jax.tree.map(lambda x: constrain(x, layer + VALUE_AXES), cache.values),
+                             valid=constrain(cache.valid), next_position=constrain(cache.next_position))
+
+    is_cache = lambda x: isinstance(x, KVCache)  # noqa: E731
+    return jax.tree.map(lambda x: constrain_cache(x) if is_cache(x) else constrain(x), tree, is_leaf=is_cache)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "grids", "group_size", "max_len", "mesh"))
 def _prefill(graphdef, state, prompt_tokens, prompt_mask, pixel_values, *, grids, group_size, max_len, mesh):
     model = nnx.merge(graphdef, state)
-    cache = init_cache(model.config.text, prompt_tokens.shape[0], max_len, model.text.dtype)
+    cache = model.init_cache(prompt_tokens.shape[0], max_len)
     hidden, cache = model.hidden_states(
         prompt_tokens, prompt_mask, pixel_values=pixel_values, image_grid_thw=grids, cache=cache
     )

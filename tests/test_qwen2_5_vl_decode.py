@@ -43,7 +43,7 @@ def test_cache_decode_matches_full_forward(checkpoint, batch, scan_layers):
     full_mask = np.concatenate([mask, np.ones_like(continuation)], axis=1)
     full = nnx_logits(model, full_ids, full_mask, pix, grids)
 
-    cache = qvl.init_cache(model.config.text, batch=2, max_len=full_ids.shape[1] + 3)
+    cache = model.init_cache(batch=2, max_len=full_ids.shape[1] + 3)
     logits, cache = _step(model, jnp.asarray(ids), jnp.asarray(mask), pix, cache, grids)
     real = mask.astype(bool)
     assert np.max(np.abs(np.asarray(logits)[real] - full[:, : ids.shape[1]][real])) <= TOL
@@ -62,7 +62,7 @@ def test_group_decode_from_one_prefilled_prompt(checkpoint):
     pix = jnp.asarray(patches(grids, model.config.vision.patch_dim))
     group = 3
     samples = np.random.RandomState(9).randint(0, 240, (group, 2))
-    cache = qvl.init_cache(model.config.text, batch=1, max_len=ids.shape[1] + 2)
+    cache = model.init_cache(batch=1, max_len=ids.shape[1] + 2)
     _, cache = _step(model, jnp.asarray(ids), jnp.ones(ids.shape, jnp.int32), pix, cache, grids)
     cache = qvl.repeat_rows(cache, group)
     for s in range(2):

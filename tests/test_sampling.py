@@ -113,6 +113,7 @@ def _expected_probs(logits: np.ndarray, config: sampling.SamplingConfig) -> np.n
     p /= p.sum()
     mass_before = np.cumsum(p[order]) - p[order]
     keep[order[mass_before >= config.top_p]] = False
+    keep |= z >= z[keep].min()  # ties with the least likely kept token are kept
     p = np.where(keep, p, 0)
     return p / p.sum()
 
@@ -124,6 +125,7 @@ def _expected_probs(logits: np.ndarray, config: sampling.SamplingConfig) -> np.n
     sampling.SamplingConfig(temperature=1.3, top_p=0.7),
     sampling.SamplingConfig(temperature=0.8, top_k=5, top_p=0.9),
     sampling.SamplingConfig(temperature=1.0, top_k=3, suppress_tokens=(0,)),
+    sampling.SamplingConfig(temperature=3.0, suppress_tokens=(0, 7)),  # zero mass at both ends of the CDF
 ])
 def test_sampling_frequencies_match_the_distribution(config):
     logits = np.array([2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0, -3.0], np.float32)
@@ -138,6 +140,19 @@ def test_sampling_frequencies_match_the_distribution(config):
     # Log-probs are the tempered policy's, before truncation.
     tempered = jax.nn.log_softmax(logits / config.temperature)
     np.testing.assert_allclose(np.asarray(logprobs), np.asarray(tempered)[np.asarray(tokens)], atol=1e-6)
+
+
+@pytest.mark.parametrize("top_p", [0.05, 0.5, 0.9, 0.999])
+def test_top_p_keeps_the_same_set_as_sorting(top_p):
+    """The bisection cut-off equals the sort-based definition, ties and -inf included."""
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(64, 50)).astype(np.float32) * 3
+    logits[:, 10:14] = logits[:, 9:10]  # a tie group in every row
+    logits[::3, 20:25] = -np.inf
+    config = sampling.SamplingConfig(top_p=top_p)
+    kept = np.isfinite(np.asarray(sampling.filter_logits(jnp.asarray(logits), config)))
+    expected = np.stack([_expected_probs(row, config) > 0 for row in logits])
+    np.testing.assert_array_equal(kept, expected)
 
 
 def test_logprobs_equal_a_full_forward(model, batch):

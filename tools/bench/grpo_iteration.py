@@ -258,7 +258,7 @@ def decode_step_cost(model, rows: int, prompt_len: int, completion: int) -> tupl
         hidden, cache = m.hidden_states(token, jnp.ones_like(token), positions=jnp.zeros((3, rows, 1), jnp.int32), cache=cache)
         return m.logits(hidden), cache
 
-    cache = jax.eval_shape(lambda: qvl.init_cache(model.config.text, rows, max_len))
+    cache = jax.eval_shape(lambda: model.init_cache(rows, max_len))
     token = jax.ShapeDtypeStruct((rows, 1), jnp.int32)
     flops = jax.jit(one_step).lower(state, cache, token).compile().cost_analysis()["flops"]
     text = model.config.text

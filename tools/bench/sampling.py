@@ -77,7 +77,7 @@ def decode_step_flops(model, rows: int, max_len: int) -> float:
         hidden, cache = m.hidden_states(token, jnp.ones_like(token), positions=jnp.zeros((3, rows, 1), jnp.int32), cache=cache)
         return m.logits(hidden), cache
 
-    cache = jax.eval_shape(lambda: qvl.init_cache(model.config.text, rows, max_len))
+    cache = jax.eval_shape(lambda: model.init_cache(rows, max_len))
     token = jax.ShapeDtypeStruct((rows, 1), jnp.int32)
     return jax.jit(step).lower(state, cache, token).compile().cost_analysis()["flops"]
 
@@ -94,7 +94,7 @@ def loop_step_time(model, rows: int, slots: int, repeats: int, steps: int = 16) 
     @jax.jit
     def run(state):
         m = nnx.merge(graphdef, state)
-        cache = qvl.init_cache(m.config.text, rows, slots)
+        cache = m.init_cache(rows, slots)
         cache = cache.replace(valid=jnp.ones_like(cache.valid), length=jnp.asarray(slots - steps, jnp.int32))
         ones, zeros = jnp.ones((rows, 1), jnp.int32), jnp.zeros((3, rows, 1), jnp.int32)
 

@@ -150,25 +150,42 @@ def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) -> jax.Array:
-    """Grouped-query attention.
+    """Grouped-query attention on token-major inputs.
 
     q: (batch, q_len, heads, head_dim); k, v: (batch, k_len, kv_heads, head_dim);
     mask: boolean, broadcastable to (batch, q_len, k_len), True where a query
-    may attend. Scores and softmax are float32; returns q's shape and dtype.
+    may attend. Returns q's shape and dtype.
 
-    Inputs are moved to head-major layout, (batch, kv_heads, group, q_len,
-    head_dim), once up front and the output moved back once at the end, so
-    both score matmuls are plain batched matmuls over (batch, kv_heads); with
-    the token-major layout XLA CPU inserted transposes of the (batch, heads,
-    q_len, k_len) score and probability tensors around every matmul in the
-    backward pass.
+    Keys and values are moved to head-major layout once up front.
+    """
+    return _grouped_attention(q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), mask, "bhgqd,bhkd->bhgqk")
+
+
+def head_major_attention(q: jax.Array, keys_t: jax.Array, values: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """Grouped-query attention over a KV cache's head-major layout.
+
+    q: (batch, q_len, heads, head_dim); keys_t: (batch, kv_heads, head_dim,
+    k_len) (transposed, so the score matmul needs no transpose); values:
+    (batch, kv_heads, k_len, head_dim); mask as in ``dot_product_attention``.
+    """
+    return _grouped_attention(q, keys_t, values, mask, "bhgqd,bhdk->bhgqk")
+
+
+def _grouped_attention(q, k, v, mask, score_spec: str) -> jax.Array:
+    """Attention with head-major k / v (``score_spec`` says whether k is transposed).
+    Scores and softmax are float32; returns q's shape and dtype.
+
+    q is moved to (batch, kv_heads, group, q_len, head_dim) and the output
+    back once, so both score matmuls are plain batched matmuls over (batch,
+    kv_heads); with token-major operands XLA CPU inserted transposes of the
+    score and probability tensors around every matmul of the backward pass,
+    and of every layer's cache at every decode step.
     """
     batch, q_len, heads, head_dim = q.shape
-    kv_heads = k.shape[2]
+    kv_heads = v.shape[1]
     groups = heads // kv_heads
     q = q.reshape(batch, q_len, kv_heads, groups, head_dim).transpose(0, 2, 3, 1, 4)
-    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # (batch, kv_heads, k_len, head_dim)
-    scores = jnp.einsum("bhgqd,bhkd->bhgqk", q, k, preferred_element_type=jnp.float32)
+    scores = jnp.einsum(score_spec, q, k, preferred_element_type=jnp.float32)
     scores = scores * (head_dim**-0.5)
     if mask is not None:
         scores = jnp.where(mask[:, None, None, :, :], scores, _MASK_VALUE)

@@ -75,6 +75,10 @@ class Qwen2VL(nnx.Module):
                 use_bias=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
             )
 
+    def init_cache(self, batch: int, max_len: int) -> KVCache:
+        """An empty KV cache for ``batch`` rows of up to ``max_len`` tokens, laid out for this model."""
+        return self.text.init_cache(batch, max_len)
+
     def embed(self, input_ids: jax.Array, pixel_values: jax.Array | None = None, image_grid_thw: tuple[Grid, ...] = ()) -> jax.Array:
         """(batch, seq) ids (+ image patches) -> (batch, seq, hidden) input embeddings."""
         embeds = self.text.embed(input_ids)

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from geor_jax.models.qwen2_5_vl import layers
-from geor_jax.models.qwen2_5_vl.cache import KVCache
+from geor_jax.models.qwen2_5_vl.cache import KVCache, init_cache
 from geor_jax.models.qwen2_5_vl.config import TextConfig
 from geor_jax.models.qwen2_5_vl.rope import text_rope
 
@@ -30,26 +30,37 @@ class TextAttention(nnx.Module):
         self.o_proj = layers.Dense((h, hd), (d,), ("heads", "head_dim"), ("embed",), use_bias=False, **kw)
 
     def __call__(self, x, cos, sin, mask, layer_cache, write_index):
-        """x: (batch, seq, hidden). Without a cache, attends over ``x`` itself;
-        with ``layer_cache`` = (keys, values, layer), keys/values being the
-        whole stacked cache (layers, batch, max_len, kv_heads, head_dim),
-        writes this step's keys/values into layer ``layer`` at ``write_index``
-        and attends over that layer's cache. Writing into the stacked arrays
-        (not a per-layer slice) lets XLA update the cache in place. Returns
-        (output, updated layer cache or None)."""
+        """x: (batch, seq, hidden). Without a cache, attends over ``x`` itself.
+
+        With ``layer_cache`` = (keys, values, layer): writes this call's keys
+        and values at slot ``write_index`` and attends over the cache. keys /
+        values are this layer's own buffers when ``layer`` is None, else the
+        whole stacked cache, written at ``layer`` in place (not through a
+        per-layer slice, which XLA would copy). See ``cache.py`` for the
+        layout. Returns (output, updated layer cache or None).
+        """
         q = layers.apply_rotary(self.q_proj(x), cos, sin)
         k = layers.apply_rotary(self.k_proj(x), cos, sin)
         v = self.v_proj(x)
-        if layer_cache is not None:
-            cache_k, cache_v, layer = layer_cache
-            start = (layer, 0, write_index, 0, 0)
-            cache_k = jax.lax.dynamic_update_slice(cache_k, k[None].astype(cache_k.dtype), start)
-            cache_v = jax.lax.dynamic_update_slice(cache_v, v[None].astype(cache_v.dtype), start)
-            layer_cache = (cache_k, cache_v, layer)
-            k = jax.lax.dynamic_index_in_dim(cache_k, layer, keepdims=False).astype(q.dtype)
-            v = jax.lax.dynamic_index_in_dim(cache_v, layer, keepdims=False).astype(q.dtype)
-        out = layers.dot_product_attention(q, k, v, mask)
-        return self.o_proj(out), layer_cache
+        if layer_cache is None:
+            return self.o_proj(layers.dot_product_attention(q, k, v, mask)), None
+        cache_k, cache_v, layer = layer_cache
+        # Only this call's tokens are moved into the cache's layout.
+        cache_k = _write_slots(cache_k, k.transpose(0, 2, 3, 1), layer, write_index, slot_axis=3)
+        cache_v = _write_slots(cache_v, v.transpose(0, 2, 1, 3), layer, write_index, slot_axis=2)
+        read = lambda c: c if layer is None else jax.lax.dynamic_index_in_dim(c, layer, keepdims=False)  # noqa: E731
+        out = layers.head_major_attention(q, read(cache_k).astype(q.dtype), read(cache_v).astype(q.dtype), mask)
+        return self.o_proj(out), (cache_k, cache_v, layer)
+
+
+def _write_slots(cache: jax.Array, new: jax.Array, layer, write_index, slot_axis: int) -> jax.Array:
+    """Write ``new`` (one layer's worth, in the cache layout) at ``write_index`` along
+    ``slot_axis`` of a per-layer buffer (``layer`` None) or of layer ``layer`` of a stacked one."""
+    start = [0] * new.ndim
+    start[slot_axis] = write_index
+    if layer is not None:
+        new, start = new[None], [layer] + start
+    return jax.lax.dynamic_update_slice(cache, new.astype(cache.dtype), tuple(start))
 
 
 class DecoderLayer(nnx.Module):
@@ -115,6 +126,10 @@ class TextDecoder(nnx.Module):
             self.layers = nnx.List([DecoderLayer(config, rngs=rngs, **kw) for _ in range(config.num_layers)])
         self.norm = layers.RMSNorm(config.hidden_size, "embed", eps=config.rms_norm_eps, rngs=rngs, **kw)
 
+    def init_cache(self, batch: int, max_len: int) -> KVCache:
+        """An empty KV cache in this decoder's compute dtype and layer layout (stacked iff scanned)."""
+        return init_cache(self.config, batch, max_len, self.dtype, stacked=self.scan_layers)
+
     def embed(self, input_ids: jax.Array) -> jax.Array:
         """(batch, seq) ids -> (batch, seq, hidden) embeddings in the compute dtype."""
         return jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(self.dtype)
@@ -127,6 +142,9 @@ class TextDecoder(nnx.Module):
         (final hidden states, updated cache or None). The cache's
         ``next_position`` is left to the caller.
         """
+        if cache is not None and cache.stacked != self.scan_layers:
+            raise ValueError(f"a {'stacked' if cache.stacked else 'per-layer'} KV cache does not fit a decoder with "
+                             f"scan_layers={self.scan_layers}: build it with the model's init_cache")
         cos, sin = text_rope(positions, self.config)
         mask, valid = attention_mask_for(attention_mask, cache)
         write_index = None if cache is None else cache.length
@@ -137,10 +155,9 @@ class TextDecoder(nnx.Module):
         if self.remat:
             run_layer = nnx.remat(run_layer)
         x = embeds.astype(self.dtype)
-        # The whole stacked cache travels through the layers (scan carry or
-        # Python loop), each layer writing its own slot range in place.
-        kv = None if cache is None else (cache.keys, cache.values)
         if self.scan_layers:
+            # The whole stacked cache is the scan carry; each layer writes its slice in place.
+            kv = None if cache is None else (cache.keys, cache.values)
             graphdef, stacked = nnx.split(self.layers)
 
             def body(carry, per_layer):
@@ -151,9 +168,14 @@ class TextDecoder(nnx.Module):
 
             (x, kv), _ = jax.lax.scan(body, (x, kv), (stacked, jnp.arange(self.config.num_layers)))
         else:
+            new_keys, new_values = [], []
             for index, layer in enumerate(self.layers):
-                x, layer_cache = run_layer(layer, x, None if kv is None else (*kv, index))
-                kv = None if kv is None else layer_cache[:2]
+                layer_cache = None if cache is None else (cache.keys[index], cache.values[index], None)
+                x, layer_cache = run_layer(layer, x, layer_cache)
+                if cache is not None:
+                    new_keys.append(layer_cache[0])
+                    new_values.append(layer_cache[1])
+            kv = (tuple(new_keys), tuple(new_values))
         x = self.norm(x)
         if cache is None:
             return x, None
