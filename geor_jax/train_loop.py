@@ -241,7 +241,7 @@ def _maybe_evaluate(r: Run, step: int, last: bool) -> dict[str, float]:
     every = r.config.eval.every_steps
     if not r.config.eval.records_dir or not (last or (every and step % every == 0)):
         return {}
-    metrics = evaluate_policy(r.config, r.model(), r.tokenizer, r.mesh)
+    metrics, _, _ = evaluate_policy(r.config, r.model(), r.tokenizer, r.mesh)
     r.logger.log(step, metrics, prefix="eval")
     return metrics
 
@@ -311,12 +311,27 @@ def _grpo_loop(r: Run) -> dict[str, float]:
     return eval_metrics
 
 
+def load_policy(config, hf_dir: str, mesh) -> tuple[qvl.Qwen2VL, tokenizer_lib.Tokenizer]:
+    """A HF checkpoint directory as ``config`` builds models (dtypes, layout, sharding on ``mesh``),
+    with the config's tokenizer, checked against each other as in ``build_model``."""
+    tokenizer = tokenizer_lib.load_tokenizer(config.data.tokenizer_dir)
+    config = config.copy_and_resolve_references()
+    config.model.init_from = hf_dir
+    return build_model(config, tokenizer, mesh), tokenizer
+
+
 def evaluate_policy(config, model: qvl.Qwen2VL, tokenizer: tokenizer_lib.Tokenizer, mesh,
-                    records_dir: str | None = None, split: str | None = None) -> dict[str, float]:
-    """Greedy answers on the eval records (``config.eval``), scored by ``evaluate.evaluate_answers``."""
+                    records_dir: str | None = None, split: str | None = None):
+    """Greedy answers on the eval records (``config.eval``, or ``records_dir`` / ``split``), scored.
+
+    Returns (metrics, per-example results) of ``evaluate.evaluate_answers``
+    and the records' ids (None on multi-host runs).
+    """
     e = config.eval
     data = pipeline_config(config, records_dir or e.records_dir, split or e.split, e.batch_size, train=False)
-    answers = evaluate.generate_answers(model, tokenizer, pipeline.make_iterator(data, mesh), e.max_new_tokens,
-                                        mesh=mesh, max_examples=e.num_examples)
-    metrics, _ = evaluate.evaluate_answers(answers["texts"], answers["lat"], answers["lon"], answers["regions"])
-    return metrics
+    with jax.set_mesh(mesh):
+        answers = evaluate.generate_answers(model, tokenizer, pipeline.make_iterator(data, mesh), e.max_new_tokens,
+                                            mesh=mesh, max_examples=e.num_examples)
+    metrics, per_example = evaluate.evaluate_answers(answers["texts"], answers["lat"], answers["lon"],
+                                                     answers["regions"])
+    return metrics, per_example, answers["ids"]

@@ -23,7 +23,6 @@ from absl import app, flags, logging
 from geor_jax import evaluate, rewards, sampling, sharding, train_loop
 from geor_jax.data import demo_world, pipeline
 from geor_jax.data import tokenizer as tokenizer_lib
-from geor_jax.models import qwen2_5_vl as qvl
 
 _CONFIG_FILE = pathlib.Path(__file__).resolve().parents[1] / "configs" / "demo.py"
 _spec = importlib.util.spec_from_file_location("demo_config", _CONFIG_FILE)
@@ -65,16 +64,13 @@ def build_data(data_dir: str) -> None:
 def evaluate_checkpoint(config, hf_dir: str, mesh, samples: int = 4):
     """A stage's exported checkpoint on the held-out split: ((metrics, per-example) of greedy
     answers, mean reward of ``samples`` sampled answers per image at the GRPO temperature)."""
-    tokenizer = tokenizer_lib.load_tokenizer(config.data.tokenizer_dir)
-    model = qvl.load_hf_checkpoint(hf_dir, mesh=mesh)
+    model, tokenizer = train_loop.load_policy(config, hf_dir, mesh)
+    metrics, per_example, _ = train_loop.evaluate_policy(config, model, tokenizer, mesh)
     e = config.eval
     data = train_loop.pipeline_config(config, e.records_dir, e.split, e.batch_size, train=False)
     with jax.set_mesh(mesh):
-        answers = evaluate.generate_answers(model, tokenizer, pipeline.make_iterator(data, mesh), e.max_new_tokens,
-                                            mesh=mesh, max_examples=e.num_examples)
         sampled = sampled_rewards(model, tokenizer, pipeline.make_iterator(data, mesh), config, mesh, samples)
-    greedy = evaluate.evaluate_answers(answers["texts"], answers["lat"], answers["lon"], answers["regions"])
-    return greedy, float(np.mean(sampled))
+    return (metrics, per_example), float(np.mean(sampled))
 
 
 def sampled_rewards(model, tokenizer, batches, config, mesh, samples: int) -> np.ndarray:

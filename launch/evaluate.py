@@ -12,14 +12,10 @@ and predictions.csv (per image; ``tools/mine_hard.py --predictions`` reads it).
 
 import os
 
-import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from geor_jax import evaluate, sharding, train_loop
-from geor_jax.data import pipeline
-from geor_jax.data import tokenizer as tokenizer_lib
-from geor_jax.models import qwen2_5_vl as qvl
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file for mesh, data and eval settings.")
 _HF_DIR = flags.DEFINE_string("hf_dir", None, "HF checkpoint directory of the model to evaluate.")
@@ -34,18 +30,12 @@ def main(argv):
     config = _CONFIG.value
     sharding.initialize_distributed()
     mesh = sharding.make_mesh(**config.mesh)
-    tokenizer = tokenizer_lib.load_tokenizer(config.data.tokenizer_dir)
-    model = qvl.load_hf_checkpoint(_HF_DIR.value, mesh=mesh, dtype=train_loop.DTYPES[config.model.dtype],
-                                   param_dtype=train_loop.DTYPES[config.model.param_dtype])
-    e = config.eval
-    data = train_loop.pipeline_config(config, e.records_dir, e.split, e.batch_size, train=False)
-    with jax.set_mesh(mesh):
-        answers = evaluate.generate_answers(model, tokenizer, pipeline.make_iterator(data, mesh), e.max_new_tokens,
-                                            mesh=mesh, max_examples=e.num_examples)
-    result = evaluate.evaluate_answers(answers["texts"], answers["lat"], answers["lon"], answers["regions"])
-    report = evaluate.write_outputs(_OUTPUT_DIR.value, {_NAME.value: result}, title=f"{_NAME.value} on {e.split}")
-    if answers["ids"] is not None:
-        evaluate.write_predictions(os.path.join(_OUTPUT_DIR.value, "predictions.csv"), answers["ids"], result[1])
+    model, tokenizer = train_loop.load_policy(config, _HF_DIR.value, mesh)
+    metrics, per_example, ids = train_loop.evaluate_policy(config, model, tokenizer, mesh)
+    report = evaluate.write_outputs(_OUTPUT_DIR.value, {_NAME.value: (metrics, per_example)},
+                                    title=f"{_NAME.value} on {config.eval.split}")
+    if ids is not None:
+        evaluate.write_predictions(os.path.join(_OUTPUT_DIR.value, "predictions.csv"), ids, per_example)
     print(report)
 
 

@@ -85,3 +85,36 @@ def test_train_resume_grpo_and_evaluate(data, tmp_path):
     for name in ("report.md", "error_cdf.png", "world_tiny.png"):
         assert (eval_dir / name).is_file(), name
     assert "| tiny |" in result.stdout
+
+
+def test_load_policy_checks_the_checkpoint_against_the_tokenizer(data, tmp_path):
+    """``train_loop.load_policy``: the evaluation entry points' loader keeps the weights and refuses a
+    checkpoint whose image token differs from the config's tokenizer."""
+    import importlib.util
+
+    import numpy as np
+
+    import tiny_policy
+    from geor_jax import sharding, train_loop
+    from geor_jax.models import qwen2_5_vl as qvl
+
+    spec = importlib.util.spec_from_file_location("demo_config", ROOT / "configs" / "demo.py")
+    demo_config = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo_config)
+    config = demo_config.get_config("sft")
+    config.data.tokenizer_dir = str(data[0] / "tok")
+    tok = tokenizer_lib.load_tokenizer(config.data.tokenizer_dir)
+    ids = {k: v for k, v in tok.special_ids.model_config_overrides().items()
+           if k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")}
+    mesh = sharding.make_mesh(**config.mesh)  # fsdp over the 8 test devices
+    model = tiny_policy.model(model_config=tiny_policy.config(vocab_size=tok.vocab_size, **ids))
+    qvl.save_hf_checkpoint(model, tmp_path / "good")
+    loaded, tokenizer = train_loop.load_policy(config, str(tmp_path / "good"), mesh)
+    assert tokenizer.vocab_size == tok.vocab_size
+    np.testing.assert_array_equal(np.asarray(loaded.text.embed_tokens[...]), np.asarray(model.text.embed_tokens[...]))
+    assert loaded.config == model.config
+
+    other = tiny_policy.model(model_config=tiny_policy.config(vocab_size=tok.vocab_size, **{**ids, "image_token_id": 5}))
+    qvl.save_hf_checkpoint(other, tmp_path / "bad")
+    with pytest.raises(ValueError, match="does not match tokenizer"):
+        train_loop.load_policy(config, str(tmp_path / "bad"), mesh)
