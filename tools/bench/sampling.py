@@ -1,14 +1,15 @@
 """Rollout throughput: ``geor_jax.sampling`` vs transformers ``generate`` on CPU.
 
-DESIGN.md bench config (random Qwen2.5-VL, ~36M parameters, fp32): B prompts
-of one 224x224 image (64 image tokens) and ~40 text tokens, G samples each,
-64 new tokens at temperature 0.9 (no top-k / top-p, no early stop on either
-side), both sides limited to ``--threads`` threads, same weights. Prints, per
-G, the median time of a whole call (prefill + decode) and generated tokens/s
-of both, their ratio, and the time of one decode step against this machine's
-hardware bound: max(step FLOPs / measured matmul peak, bytes read per step /
-measured copy bandwidth), bytes = decoder + LM-head parameters + the KV cache
-slots a step must read.
+DESIGN.md bench config (random Qwen2.5-VL, ~36M parameters; fp32, or bf16 on
+both sides with ``--dtype=bfloat16``): B prompts of one 224x224 image (64
+image tokens) and ~40 text tokens, G samples each, 64 new tokens at
+temperature 0.9 (no top-k / top-p, no early stop on either side), both sides
+limited to ``--threads`` threads, same weights. Prints, per G, the median time
+of a whole call (prefill + decode) and generated tokens/s of both, their
+ratio, and the time of one decode step against this machine's hardware bound:
+max(step FLOPs / measured matmul peak, bytes read per step / measured copy
+bandwidth), bytes = decoder + LM-head parameters + the KV cache slots a step
+must read.
 
     PYTHONPATH=. python tools/bench/sampling.py
 """
@@ -31,6 +32,8 @@ def parse_args():
     parser.add_argument("--torch_repeats", type=int, default=3)
     parser.add_argument("--scan_layers", action="store_true")
     parser.add_argument("--skip_torch", action="store_true")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="Parameter and compute dtype of both sides (the peak is measured in it too).")
     return parser.parse_args()
 
 
@@ -120,19 +123,21 @@ def streamed_param_bytes(model) -> int:
 def main():
     torch.set_num_threads(ARGS.threads)
     hf = common.bench_hf_model()
+    dtype = jnp.dtype(ARGS.dtype)
     n_params = sum(p.numel() for p in hf.parameters())
     with tempfile.TemporaryDirectory() as tmp:
         hf.save_pretrained(tmp)
-        model = qvl.load_hf_checkpoint(tmp, scan_layers=ARGS.scan_layers)
+        model = qvl.load_hf_checkpoint(tmp, scan_layers=ARGS.scan_layers, dtype=dtype, param_dtype=dtype)
+    hf = hf.to(getattr(torch, ARGS.dtype))
     ids, mask, pixels, grids = bench_prompts(ARGS.prompts, model.config.vision.patch_dim)
     prompt_len, new = ids.shape[1], ARGS.new_tokens
     text = model.config.text
-    peak, bandwidth = matmul_peak(), copy_bandwidth()
+    peak, bandwidth = matmul_peak(dtype=dtype), copy_bandwidth()
     param_bytes = streamed_param_bytes(model)
-    slot_bytes = 2 * text.num_layers * text.num_kv_heads * text.head_dim * 4  # keys + values, fp32
+    slot_bytes = 2 * text.num_layers * text.num_kv_heads * text.head_dim * dtype.itemsize  # keys + values
     print(f"params {n_params / 1e6:.1f}M (decode streams {param_bytes / 1e6:.0f} MB)  prompts {ARGS.prompts} x {prompt_len} "
-          f"tokens (padded)  new tokens {new}  threads {ARGS.threads}  scan_layers {ARGS.scan_layers}")
-    print(f"fp32 matmul peak (2048^3 jnp.dot) {peak / 1e9:.1f} GFLOP/s; copy bandwidth (256 MB in-place x*c, read+write) "
+          f"tokens (padded)  new tokens {new}  threads {ARGS.threads}  scan_layers {ARGS.scan_layers}  dtype {ARGS.dtype}")
+    print(f"{ARGS.dtype} matmul peak (2048^3 jnp.dot) {peak / 1e9:.1f} GFLOP/s; copy bandwidth (256 MB in-place x*c, read+write) "
           f"{bandwidth / 1e9:.1f} GB/s")
     config = sampling.SamplingConfig(max_new_tokens=new, temperature=TEMPERATURE)
     jids, jmask, jpix = jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(pixels)
@@ -170,7 +175,7 @@ def main():
                 with torch.no_grad():
                     return hf.generate(
                         input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask, dtype=torch.long),
-                        pixel_values=torch.tensor(pixels), image_grid_thw=torch.tensor(grids),
+                        pixel_values=torch.tensor(pixels).to(hf.dtype), image_grid_thw=torch.tensor(grids),
                         mm_token_type_ids=torch.tensor((ids == IMAGE_TOKEN).astype(np.int64)),
                         do_sample=True, temperature=TEMPERATURE, top_k=0, top_p=1.0, num_return_sequences=group,
                         max_new_tokens=new, min_new_tokens=new, pad_token_id=0)
