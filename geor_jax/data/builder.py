@@ -223,7 +223,7 @@ class GeoCorRecords(tfds.core.GeneratorBasedBuilder):
         return {split: self._generate_examples(layout, manual_dir, csv_path)}
 
     def _generate_examples(self, layout, manual_dir, csv_path) -> Iterator[tuple[str, dict]]:
-        config, report = self.builder_config, self.build_report
+        report = self.build_report
         locator = layouts.ImageLocator(layout, manual_dir, self.image_dir)
         seen: set[str] = set()
         chunk: list[tuple[layouts.RawRow, float, float, str]] = []

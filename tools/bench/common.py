@@ -108,6 +108,39 @@ def compiled_flops(jitted, *args, **kwargs) -> float:
     """XLA's FLOP count (cost analysis) of ``jitted`` compiled for these arguments."""
     return float(jitted.lower(*args, **kwargs).compile().cost_analysis()["flops"])
 
+def streamed_param_bytes(model) -> int:
+    """Bytes of the parameters a decode step reads: decoder layers, final norm, LM head (not the
+    vision tower, and of the embedding table only the rows looked up)."""
+    from flax import nnx
+
+    total = sum(x.nbytes for x in jax.tree.leaves(nnx.state(model.text))) - model.text.embed_tokens[...].nbytes
+    head = model.text.embed_tokens[...] if model.lm_head is None else model.lm_head.kernel[...]
+    return total + head.nbytes
+
+
+def decode_step_cost(model, rows: int, prompt_len: int, new_tokens: int) -> tuple[float, float]:
+    """(FLOPs, bytes read) of one decode step of ``rows`` rows: XLA's FLOP count over a full
+    cache of prompt + new slots; bytes = ``streamed_param_bytes`` + the K/V slots that hold
+    tokens, averaged over the decode steps."""
+    from flax import nnx
+
+    graphdef, state = nnx.split(model)
+
+    def step(state, cache, token):
+        m = nnx.merge(graphdef, state)
+        hidden, cache = m.hidden_states(token, jnp.ones_like(token), positions=jnp.zeros((3, rows, 1), jnp.int32),
+                                        cache=cache)
+        return m.logits(hidden), cache
+
+    cache = jax.eval_shape(lambda: model.init_cache(rows, prompt_len + new_tokens))
+    token = jax.ShapeDtypeStruct((rows, 1), jnp.int32)
+    flops = compiled_flops(jax.jit(step), state, cache, token)
+    text = model.config.text
+    slot_bytes = 2 * text.num_layers * text.num_kv_heads * text.head_dim * jnp.dtype(model.text.dtype).itemsize
+    kv_bytes = rows * (prompt_len + (new_tokens - 1) / 2) * slot_bytes
+    return flops, float(streamed_param_bytes(model) + kv_bytes)
+
+
 
 def peak_rss_bytes() -> int:
     """This process's peak resident set size so far (Linux ``ru_maxrss`` is in KiB)."""

@@ -229,7 +229,7 @@ def run_jax(args, workdir: str, group: int, completion: int) -> dict:
     prefill_s, _ = common.median_time(lambda: jax.block_until_ready(sampling.prefill_groups(
         nnx.merge(graphdef, holder["state"].params), last.prompts.tokens, last.prompts.mask, group_size=group,
         max_len=prompt_len + completion, pixel_values=last.prompts.pixel_values, image_grid_thw=last.prompts.grids)), 3)
-    decode_flops, decode_bytes = decode_step_cost(nnx.merge(graphdef, holder["state"].params), rows, prompt_len, completion)
+    decode_flops, decode_bytes = common.decode_step_cost(nnx.merge(graphdef, holder["state"].params), rows, prompt_len, completion)
     step_s = (result["phases"]["sample"] - prefill_s) / (completion - 1)
     bound_s = max(decode_flops / peak, decode_bytes / bandwidth)
     result.update(matmul_peak_gflops=peak / 1e9, bandwidth_gbs=bandwidth / 1e9, update_gflop=update_flops / 1e9,
@@ -239,34 +239,6 @@ def run_jax(args, workdir: str, group: int, completion: int) -> dict:
                   prefill_s=prefill_s, decode_step_ms=1e3 * step_s, decode_bound_ms=1e3 * bound_s,
                   decode_flop_bound_ms=1e3 * decode_flops / peak, decode_byte_bound_ms=1e3 * decode_bytes / bandwidth)
     return result
-
-
-def decode_step_cost(model, rows: int, prompt_len: int, completion: int) -> tuple[float, float]:
-    """(FLOPs, bytes read) of one decode step: XLA's FLOP count over a full cache; bytes = decoder + LM-head
-    parameters + the mean number of filled K/V slots per row."""
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-
-    from geor_jax.models import qwen2_5_vl as qvl
-
-    graphdef, state = nnx.split(model)
-    max_len = prompt_len + completion
-
-    def one_step(state, cache, token):
-        m = nnx.merge(graphdef, state)
-        hidden, cache = m.hidden_states(token, jnp.ones_like(token), positions=jnp.zeros((3, rows, 1), jnp.int32), cache=cache)
-        return m.logits(hidden), cache
-
-    cache = jax.eval_shape(lambda: model.init_cache(rows, max_len))
-    token = jax.ShapeDtypeStruct((rows, 1), jnp.int32)
-    flops = jax.jit(one_step).lower(state, cache, token).compile().cost_analysis()["flops"]
-    text = model.config.text
-    params = sum(x.nbytes for x in jax.tree.leaves(nnx.state(model.text))) - model.text.embed_tokens[...].nbytes
-    head = model.text.embed_tokens[...] if model.lm_head is None else model.lm_head.kernel[...]
-    slot_bytes = 2 * text.num_layers * text.num_kv_heads * text.head_dim * 4
-    kv = rows * (prompt_len + (completion - 1) / 2) * slot_bytes
-    return float(flops), float(params + head.nbytes + kv)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -71,20 +71,6 @@ def bench_prompts(prompts: int, patch_dim: int):
     return ids, mask, pixels, (GRID,) * prompts
 
 
-def decode_step_flops(model, rows: int, max_len: int) -> float:
-    """XLA's FLOP count of one decode step (all rows, one token, full-length cache)."""
-    graphdef, state = nnx.split(model)
-
-    def step(state, cache, token):
-        m = nnx.merge(graphdef, state)
-        hidden, cache = m.hidden_states(token, jnp.ones_like(token), positions=jnp.zeros((3, rows, 1), jnp.int32), cache=cache)
-        return m.logits(hidden), cache
-
-    cache = jax.eval_shape(lambda: model.init_cache(rows, max_len))
-    token = jax.ShapeDtypeStruct((rows, 1), jnp.int32)
-    return jax.jit(step).lower(state, cache, token).compile().cost_analysis()["flops"]
-
-
 def loop_step_time(model, rows: int, slots: int, repeats: int, steps: int = 16) -> float:
     """Seconds per decode step of a jitted loop over a cache of ``slots`` filled slots per row.
 
@@ -111,15 +97,6 @@ def loop_step_time(model, rows: int, slots: int, repeats: int, steps: int = 16) 
     return median_time(lambda: jax.block_until_ready(run(state)), repeats)[0] / steps
 
 
-def streamed_param_bytes(model) -> int:
-    """Bytes of the parameters a decode step reads: decoder layers, final norm, LM head (not the
-    vision tower, and of the embedding table only the rows looked up)."""
-    text = nnx.state(model.text)
-    total = sum(x.nbytes for x in jax.tree.leaves(text)) - model.text.embed_tokens[...].nbytes
-    head = model.text.embed_tokens[...] if model.lm_head is None else model.lm_head.kernel[...]
-    return total + head.nbytes
-
-
 def main():
     torch.set_num_threads(ARGS.threads)
     hf = common.bench_hf_model()
@@ -131,10 +108,8 @@ def main():
     hf = hf.to(getattr(torch, ARGS.dtype))
     ids, mask, pixels, grids = bench_prompts(ARGS.prompts, model.config.vision.patch_dim)
     prompt_len, new = ids.shape[1], ARGS.new_tokens
-    text = model.config.text
     peak, bandwidth = matmul_peak(dtype=dtype), copy_bandwidth()
-    param_bytes = streamed_param_bytes(model)
-    slot_bytes = 2 * text.num_layers * text.num_kv_heads * text.head_dim * dtype.itemsize  # keys + values
+    param_bytes = common.streamed_param_bytes(model)
     print(f"params {n_params / 1e6:.1f}M (decode streams {param_bytes / 1e6:.0f} MB)  prompts {ARGS.prompts} x {prompt_len} "
           f"tokens (padded)  new tokens {new}  threads {ARGS.threads}  scan_layers {ARGS.scan_layers}  dtype {ARGS.dtype}")
     print(f"{ARGS.dtype} matmul peak (2048^3 jnp.dot) {peak / 1e9:.1f} GFLOP/s; copy bandwidth (256 MB in-place x*c, read+write) "
@@ -163,9 +138,7 @@ def main():
 
         prefill_s, _ = median_time(prefill, ARGS.repeats)
         step_s = (jax_s - prefill_s) / (new - 1)
-        flops = decode_step_flops(model, rows, prompt_len + new)
-        mean_slots = prompt_len + (new - 1) / 2  # slots holding tokens, averaged over the decode steps
-        step_bytes = param_bytes + rows * mean_slots * slot_bytes
+        flops, step_bytes = common.decode_step_cost(model, rows, prompt_len, new)
         bound_s = max(flops / peak, step_bytes / bandwidth)
         full_slots_s = loop_step_time(model, rows, prompt_len + new, ARGS.repeats)
         completion_slots_s = loop_step_time(model, rows, new, ARGS.repeats)
