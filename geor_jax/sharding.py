@@ -93,7 +93,7 @@ def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices: Sequence[
 
 
 def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules: Rules = DEFAULT_RULES) -> PartitionSpec:
-    """PartitionSpec for a value with the given logical axes and shape."""
+    """PartitionSpec for a value with the given logical axes and shape, without trailing Nones."""
     table = dict(rules)
     used: set[str] = set()
     spec = []
@@ -107,6 +107,11 @@ def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh
                 chosen.append(axis)
         used.update(chosen)
         spec.append(None if not chosen else chosen[0] if len(chosen) == 1 else tuple(chosen))
+    # Canonical form, the one jit gives its outputs: P("fsdp", None) places
+    # like P("fsdp") but compares unequal, so a state placed with it would
+    # not match the state a train step returns (another jit cache entry).
+    while spec and spec[-1] is None:
+        spec.pop()
     return PartitionSpec(*spec)
 
 

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx, struct
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
 
 from geor_jax import sharding
 
@@ -78,32 +78,37 @@ def create_train_state(
     """Split ``model`` into its structure and a fresh train state.
 
     With a mesh, params are placed by the partition rules, the optimizer's
-    moments get the same shardings and everything else is replicated, so a
-    step returns the state exactly as placed (no second compile). ``rng`` is a
-    typed or raw key.
+    moments get the same shardings and everything else is replicated;
+    without one, everything is committed to the first device. Either way a
+    step and a checkpoint restore return the state exactly as placed, so the
+    step compiles once. ``rng`` is a typed or raw key.
     """
     graphdef, params = nnx.split(model, nnx.Param)
     if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
         rng = jax.random.key_data(rng)
     if mesh is None:
-        opt_state = jax.jit(optimizer.init)(params)
+        # Committed: uncommitted arrays are another jit cache key than the
+        # committed ones a checkpoint restores.
+        rest = SingleDeviceSharding(jax.devices()[0])
+        param_shardings = jax.tree.map(lambda _: rest, params)
     else:
-        params = jax.device_put(params, sharding.state_shardings(params, mesh, rules))
-        # The optimizer's moments mirror the params' shardings; its counters
-        # and every scalar are replicated. (Left to XLA, init's zeros do not
-        # depend on the params and land on one device.)
-        replicated = NamedSharding(mesh, PartitionSpec())
-        opt_shardings = optax.tree_map_params(
-            optimizer, lambda _, param_sharding: param_sharding, jax.eval_shape(optimizer.init, params),
-            jax.tree.map(lambda x: x.sharding, params), transform_non_params=lambda _: replicated,
-        )
-        opt_state = jax.jit(optimizer.init, out_shardings=opt_shardings)(params)
-        rng = jax.device_put(rng, replicated)
-    def counter():  # one buffer each: the step donates them
-        zero = jnp.zeros((), jnp.int32)
-        return zero if mesh is None else jax.device_put(zero, replicated)
+        rest = NamedSharding(mesh, PartitionSpec())
+        param_shardings = sharding.state_shardings(params, mesh, rules)
+    params = jax.device_put(params, param_shardings)
+    # The optimizer's moments mirror the params' shardings; its counters, like
+    # every other leaf, get ``rest``. (Left to XLA, init's zeros do not depend
+    # on the params and land on one device.)
+    opt_shardings = optax.tree_map_params(
+        optimizer, lambda _, param_sharding: param_sharding, jax.eval_shape(optimizer.init, params), param_shardings,
+        transform_non_params=lambda _: rest,
+    )
+    opt_state = jax.jit(optimizer.init, out_shardings=opt_shardings)(params)
 
-    state = TrainState(params=params, opt_state=opt_state, step=counter(), rng=rng, skipped_updates=counter())
+    def counter():  # one buffer each: the step donates them
+        return jax.device_put(jnp.zeros((), jnp.int32), rest)
+
+    state = TrainState(params=params, opt_state=opt_state, step=counter(), rng=jax.device_put(rng, rest),
+                       skipped_updates=counter())
     return graphdef, state
 
 

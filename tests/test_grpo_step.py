@@ -1,5 +1,6 @@
-"""geor_jax.grpo step: exact micro-batching, shared prompt == full forward, passes, learning."""
+"""geor_jax.grpo step: exact micro-batching, shared prompt == full forward, passes, learning, one compile."""
 
+import contextlib
 import dataclasses
 
 import jax
@@ -8,8 +9,9 @@ import numpy as np
 import optax
 import pytest
 
+import compile_counter
 import tiny_policy
-from geor_jax import geo, grpo, logprobs, train_state
+from geor_jax import checkpoint, geo, grpo, logprobs, sharding, train_state
 
 G = 3
 SGD = optax.sgd(1.0)  # param differences = gradient differences
@@ -137,20 +139,22 @@ def test_grpo_learns_to_locate():
     assert end > 0.9 * best
 
 
-def test_sharded_step_equals_single_device():
-    from geor_jax import sharding
+def on_mesh(rollout, mesh):
+    """``rollout`` with every array's leading axis split over the mesh's data and fsdp axes."""
+    put = lambda x: jax.device_put(x, sharding.batch_sharding(mesh, x.ndim))  # noqa: E731
+    prompts = rollout.prompts
+    return grpo.Rollout(
+        logprobs.Prompts(put(prompts.tokens), put(prompts.mask), put(prompts.pixel_values), prompts.grids),
+        *(put(x) for x in (rollout.completions, rollout.completion_mask, rollout.old_logp, rollout.advantages,
+                           rollout.ref_logp)),
+    )
 
+
+def test_sharded_step_equals_single_device():
     mesh = sharding.make_mesh(fsdp=2, tensor=4)
     _, state = train_state.create_train_state(tiny_policy.model(), SGD, jax.random.key(0), mesh)
-    put = lambda x: jax.device_put(x, sharding.batch_sharding(mesh, x.ndim))  # noqa: E731
-    prompts = ROLLOUT.prompts
-    rollout = grpo.Rollout(
-        logprobs.Prompts(put(prompts.tokens), put(prompts.mask), put(prompts.pixel_values), prompts.grids),
-        *(put(x) for x in (ROLLOUT.completions, ROLLOUT.completion_mask, ROLLOUT.old_logp, ROLLOUT.advantages,
-                           ROLLOUT.ref_logp)),
-    )
     with jax.set_mesh(mesh):
-        sharded, metrics = WHOLE_STEP(state, rollout)
+        sharded, metrics = WHOLE_STEP(state, on_mesh(ROLLOUT, mesh))
     assert float(metrics["loss"]) == pytest.approx(float(WHOLE_METRICS["loss"]), rel=1e-5)
     assert_params_close(sharded, WHOLE)
 
@@ -165,3 +169,27 @@ def test_second_pass_on_one_rollout_is_off_policy():
     assert float(first["ratio_mean"]) == pytest.approx(1.0, abs=1e-5)
     assert abs(float(second["ratio_mean"]) - 1.0) > 1e-3
     assert int(state.step) == 2
+
+
+@pytest.mark.parametrize("mesh_shape", [None, (2, 4)], ids=["no_mesh", "mesh_2x4"])
+def test_step_compiles_once_across_steps_and_a_restore(tmp_path, mesh_shape):
+    """Fresh, stepped and restored states place every leaf alike (AdamW's
+    counters and moments included), so the step compiles once."""
+    mesh = mesh_shape and sharding.make_mesh(fsdp=mesh_shape[0], tensor=mesh_shape[1])
+    optimizer = train_state.OptimizerConfig(learning_rate=1e-3, total_steps=10).make()
+    _, state = train_state.create_train_state(tiny_policy.model(), optimizer, jax.random.key(0), mesh)
+    fresh = compile_counter.placements(state)
+    abstract = jax.eval_shape(lambda: state)  # what train_loop.setup restores onto
+    rollout = ROLLOUT if mesh is None else on_mesh(ROLLOUT, mesh)
+    step = grpo.make_grpo_step(GRAPHDEF, optimizer, CONFIG)
+    ckpt = checkpoint.Checkpointer(str(tmp_path), save_every=1, async_save=False)
+    with compile_counter.count_compiles(step) as compiles, jax.set_mesh(mesh) if mesh else contextlib.nullcontext():
+        for _ in range(3):
+            state, _ = step(state, rollout)
+        assert compile_counter.placements(state) == fresh
+        ckpt.save(3, state)
+        _, state, _ = ckpt.restore_latest(abstract)
+        assert compile_counter.placements(state) == fresh
+        state, _ = step(state, rollout)
+    ckpt.close()
+    assert int(state.step) == 4 and len(compiles) == 1

@@ -39,7 +39,7 @@ def test_sharded_forward_matches_single_device(checkpoint, inputs, reference, fs
     mesh = sharding.make_mesh(data=1, fsdp=fsdp, tensor=tensor)
     model = qvl.load_hf_checkpoint(checkpoint, mesh=mesh, scan_layers=scan_layers)
     kernel = model.text.layers[0].mlp.gate_proj.kernel if not scan_layers else model.text.layers.mlp.gate_proj.kernel
-    expected = PartitionSpec("fsdp", "tensor") if tensor > 1 else PartitionSpec("fsdp", None)
+    expected = PartitionSpec("fsdp", "tensor") if tensor > 1 else PartitionSpec("fsdp")
     if scan_layers:
         expected = PartitionSpec(None, *expected)
     assert kernel[...].sharding.spec == expected
@@ -57,8 +57,11 @@ def test_sharded_forward_matches_single_device(checkpoint, inputs, reference, fs
 def test_logical_axes_drop_mesh_axes_that_do_not_divide():
     mesh = sharding.make_mesh(fsdp=2, tensor=4)
     # 2 KV heads cannot split 4 ways: replicated; the 64-wide embed splits over fsdp.
-    assert sharding.logical_to_spec(("embed", "kv_heads", "head_dim"), (64, 2, 16), mesh) == PartitionSpec("fsdp", None, None)
-    assert sharding.logical_to_spec(("embed", "heads", "head_dim"), (64, 4, 16), mesh) == PartitionSpec("fsdp", "tensor", None)
+    # Specs carry no trailing Nones: the form jit gives its outputs (see logical_to_spec).
+    assert sharding.logical_to_spec(("embed", "kv_heads", "head_dim"), (64, 2, 16), mesh) == PartitionSpec("fsdp")
+    assert sharding.logical_to_spec(("embed", "heads", "head_dim"), (64, 4, 16), mesh) == PartitionSpec("fsdp", "tensor")
+    assert sharding.logical_to_spec(("head_dim", "heads"), (16, 4), mesh) == PartitionSpec(None, "tensor")
+    assert sharding.logical_to_spec(("head_dim",), (16,), mesh) == PartitionSpec()
 
 
 def test_create_sharded_model_places_every_parameter(checkpoint):

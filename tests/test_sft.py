@@ -1,4 +1,6 @@
-"""geor_jax.sft and train_state: exact micro-batching, skipping bad updates, sharding, learning."""
+"""geor_jax.sft and train_state: exact micro-batching, skipping bad updates, sharding, learning, one compile."""
+
+import contextlib
 
 import jax
 import jax.numpy as jnp
@@ -6,8 +8,9 @@ import numpy as np
 import optax
 import pytest
 
+import compile_counter
 import tiny_policy
-from geor_jax import logprobs, sft, sharding, train_state
+from geor_jax import checkpoint, logprobs, sft, sharding, train_state
 
 OPTIMIZER = train_state.OptimizerConfig(learning_rate=1e-2, total_steps=100, max_grad_norm=1.0)
 # Equality tests update with plain SGD at lr 1: param differences are gradient
@@ -119,3 +122,36 @@ def test_bf16_compute_keeps_fp32_master_params():
     _, fp32_metrics = SGD_STEP(fresh_state()[1], *batch())
     # bf16 keeps ~3 significant digits: the loss agrees to about 1%.
     assert float(metrics["loss"]) == pytest.approx(float(fp32_metrics["loss"]), rel=2e-2)
+
+
+# No mesh, a 1-device mesh (launch/train.py on one CPU) and the 2x4 mesh.
+MESHES = {"no_mesh": None, "mesh_1": (1, 1), "mesh_2x4": (2, 4)}
+
+
+@pytest.mark.parametrize("mesh_shape", MESHES.values(), ids=MESHES.keys())
+def test_step_compiles_once_across_steps_and_a_restore(tmp_path, mesh_shape):
+    """Fresh, stepped and restored states place every leaf alike (AdamW's
+    counters and moments included), so the step compiles once."""
+    mesh = mesh_shape and sharding.make_mesh(fsdp=mesh_shape[0], tensor=mesh_shape[1],
+                                             devices=jax.devices()[:mesh_shape[0] * mesh_shape[1]])
+    optimizer = OPTIMIZER.make()
+    graphdef, state = fresh_state(mesh, optimizer)
+    fresh = compile_counter.placements(state)
+    abstract = jax.eval_shape(lambda: state)  # what train_loop.setup restores onto
+    prompts, targets, mask = batch()
+    if mesh is not None:
+        put = lambda x: jax.device_put(x, sharding.batch_sharding(mesh, x.ndim))  # noqa: E731
+        prompts = logprobs.Prompts(put(prompts.tokens), put(prompts.mask), put(prompts.pixel_values), prompts.grids)
+        targets, mask = put(targets), put(mask)
+    step = sft.make_sft_step(graphdef, optimizer)
+    ckpt = checkpoint.Checkpointer(str(tmp_path), save_every=1, async_save=False)
+    with compile_counter.count_compiles(step) as compiles, jax.set_mesh(mesh) if mesh else contextlib.nullcontext():
+        for _ in range(3):
+            state, _ = step(state, prompts, targets, mask)
+        assert compile_counter.placements(state) == fresh
+        ckpt.save(3, state)
+        _, state, _ = ckpt.restore_latest(abstract)
+        assert compile_counter.placements(state) == fresh
+        state, _ = step(state, prompts, targets, mask)
+    ckpt.close()
+    assert int(state.step) == 4 and len(compiles) == 1
