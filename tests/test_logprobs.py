@@ -1,4 +1,4 @@
-"""geor_jax.logprobs: continuation log-probs, full vs shared-prompt forward (values and grads)."""
+"""geor_jax.logprobs: continuation log-probs, full vs shared-prompt forward, chunked vs whole LM head."""
 
 import functools
 
