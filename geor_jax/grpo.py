@@ -163,6 +163,9 @@ class GRPOConfig:
     num_micro_batches: gradient accumulation over prompt groups; exact.
     max_completion_length: Dr. GRPO's constant normaliser (default: the
       completion width).
+    logits_chunk_size: completion positions per LM head chunk when scoring
+      (``logprobs.lm_head_logprobs``); None or 0: all at once, which holds
+      (rows, C, vocab) float32 logits and their gradient.
     """
 
     group_size: int = 4
@@ -175,6 +178,7 @@ class GRPOConfig:
     shared_prompt: bool = True
     num_micro_batches: int = 1
     max_completion_length: int | None = None
+    logits_chunk_size: int | None = logprobs.DEFAULT_LOGITS_CHUNK_SIZE
 
     def __post_init__(self):
         if self.group_size < 1 or self.num_micro_batches < 1:
@@ -185,6 +189,9 @@ class GRPOConfig:
             raise ValueError(f"GRPOConfig.advantage_scale={self.advantage_scale!r}: choose one of {ADVANTAGE_SCALES}")
         if self.temperature <= 0:
             raise ValueError(f"GRPOConfig.temperature must be > 0, got {self.temperature}")
+        if self.logits_chunk_size is not None and self.logits_chunk_size < 0:
+            raise ValueError(f"GRPOConfig.logits_chunk_size must be >= 0 (0 or None: no chunking), "
+                             f"got {self.logits_chunk_size}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,6 +237,7 @@ def make_reference_logprobs(graphdef: nnx.GraphDef, config: GRPOConfig):
         return logprobs.continuation_logprobs(
             model, prompts, completions, completion_mask, group_size=config.group_size,
             temperature=config.temperature, shared_prompt=config.shared_prompt,
+            logits_chunk_size=config.logits_chunk_size,
         )
 
     return jax.jit(reference)
@@ -252,6 +260,7 @@ def make_grpo_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformati
         logp = logprobs.continuation_logprobs(
             model, prompts, completions, mask, group_size=config.group_size,
             temperature=config.temperature, shared_prompt=config.shared_prompt,
+            logits_chunk_size=config.logits_chunk_size,
         )
         return grpo_loss(
             logp, old_logp, ref_logp, advantages, mask, clip_eps=config.clip_eps,

@@ -15,8 +15,9 @@ validates shapes without building anything.
                  buckets, prompt/target lengths, instruction ("" = default)
   eval           held-out records, batch, examples, cadence, answer length
   optimizer      AdamW + warmup + cosine, clipping
-  sft            micro-batches
-  grpo           group size, beta, clip, aggregation, sampling, passes
+  sft            micro-batches, LM head chunk (target positions; 0 = none)
+  grpo           group size, beta, clip, aggregation, sampling, passes,
+                 LM head chunk (completion positions; 0 = none)
   reward         distance reward and its breakpoints, combination, bonuses
   train          steps, logging, checkpoint cadence, HF export
 """
@@ -86,6 +87,7 @@ def base_config(stage: str = "sft") -> ml_collections.ConfigDict:
 
     c.sft = ml_collections.ConfigDict()
     c.sft.num_micro_batches = 1
+    c.sft.logits_chunk_size = 128  # positions whose (rows, chunk, vocab) logits exist at once; 0: all
 
     c.grpo = ml_collections.ConfigDict()
     c.grpo.group_size = 4
@@ -101,6 +103,7 @@ def base_config(stage: str = "sft") -> ml_collections.ConfigDict:
     c.grpo.num_passes = 1
     c.grpo.num_micro_batches = 1
     c.grpo.shared_prompt = True
+    c.grpo.logits_chunk_size = 128
 
     c.reward = ml_collections.ConfigDict()
     c.reward.distance = "geor"
@@ -149,7 +152,8 @@ def check(config: ml_collections.ConfigDict, num_devices: int) -> dict[str, int]
 
     Checks the model dims (through the model config's own validation), that
     the mesh uses exactly ``num_devices``, that batches split over data x
-    fsdp (and into micro-batches), and that buckets are whole merged patches.
+    fsdp (and into micro-batches), that buckets are whole merged patches and
+    that the LM head chunk is a size (>= 0).
     """
     from geor_jax.models import qwen2_5_vl as qvl
 
@@ -171,11 +175,15 @@ def check(config: ml_collections.ConfigDict, num_devices: int) -> dict[str, int]
     rows = config.data.global_batch_size
     if rows % batch_shards:
         raise ValueError(f"data.global_batch_size {rows} does not split over data x fsdp = {batch_shards}")
-    micro = config.sft.num_micro_batches if config.stage == "sft" else config.grpo.num_micro_batches
+    stage_config = config.sft if config.stage == "sft" else config.grpo
+    micro = stage_config.num_micro_batches
     if rows % micro:
         raise ValueError(f"data.global_batch_size {rows} does not split into {micro} micro-batches")
     factor = 14 * 2  # patch x merge
     for bucket in config.data.buckets:
         if any(side % factor for side in bucket):
             raise ValueError(f"data.buckets {tuple(bucket)}: sides must be multiples of {factor}")
+    if stage_config.logits_chunk_size < 0:
+        raise ValueError(f"{config.stage}.logits_chunk_size {stage_config.logits_chunk_size}: "
+                         "must be >= 0 (0: no chunking)")
     return sizes

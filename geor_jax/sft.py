@@ -15,33 +15,37 @@ from geor_jax import logprobs, train_state
 from geor_jax.logprobs import Prompts
 
 
-def sft_loss(model, prompts: Prompts, targets: jax.Array, target_mask: jax.Array, weights: jax.Array | None = None):
+def sft_loss(model, prompts: Prompts, targets: jax.Array, target_mask: jax.Array, weights: jax.Array | None = None,
+             logits_chunk_size: int | None = logprobs.DEFAULT_LOGITS_CHUNK_SIZE):
     """Cross-entropy of ``targets`` (B, T) after ``prompts``, and metrics.
 
     ``weights`` (B, T) default to ``target_mask / target_mask.sum()`` (mean over
     target tokens); pass the whole batch's weights to a micro-batch so the
-    micro-batch losses add up to the batch loss.
+    micro-batch losses add up to the batch loss. ``logits_chunk_size``: target
+    positions per LM head chunk (``logprobs.lm_head_logprobs``; None or 0: all).
     """
     mask = jnp.asarray(target_mask, jnp.float32)
     if weights is None:
         weights = mask / jnp.maximum(mask.sum(), 1.0)
-    token_logp = logprobs.continuation_logprobs(model, prompts, targets, target_mask)
+    token_logp = logprobs.continuation_logprobs(model, prompts, targets, target_mask,
+                                                logits_chunk_size=logits_chunk_size)
     loss = -jnp.sum(token_logp * weights)
     tokens = jnp.maximum(mask.sum(), 1.0)
     return loss, {"nll_per_token": -jnp.sum(token_logp * mask) / tokens, "target_tokens": mask.sum()}
 
 
-def make_sft_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, num_micro_batches: int = 1):
+def make_sft_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, num_micro_batches: int = 1,
+                  logits_chunk_size: int | None = logprobs.DEFAULT_LOGITS_CHUNK_SIZE):
     """A jitted, pure ``step(state, prompts, targets, target_mask) -> (state, metrics)``.
 
     With ``num_micro_batches`` > 1, gradients are accumulated over that many
     slices of the batch and give the same update as the whole batch at once.
-    The state argument is donated.
+    ``logits_chunk_size`` as in ``sft_loss``. The state argument is donated.
     """
 
     def loss_fn(params, micro):
         prompts, targets, mask, weights = micro
-        return sft_loss(nnx.merge(graphdef, params), prompts, targets, mask, weights)
+        return sft_loss(nnx.merge(graphdef, params), prompts, targets, mask, weights, logits_chunk_size)
 
     def step(state: train_state.TrainState, prompts: Prompts, targets, target_mask):
         mask = jnp.asarray(target_mask, jnp.float32)

@@ -247,7 +247,8 @@ def _maybe_evaluate(r: Run, step: int, last: bool) -> dict[str, float]:
 
 
 def _sft_loop(r: Run) -> dict[str, float]:
-    step_fn = sft.make_sft_step(r.graphdef, r.optimizer, r.config.sft.num_micro_batches)
+    step_fn = sft.make_sft_step(r.graphdef, r.optimizer, r.config.sft.num_micro_batches,
+                                r.config.sft.logits_chunk_size)
     eval_metrics = {}
     timer = _IntervalTimer()
     for step in range(r.start_step + 1, r.config.train.num_steps + 1):
@@ -270,7 +271,7 @@ def _grpo_loop(r: Run) -> dict[str, float]:
     grpo_config = grpo.GRPOConfig(
         group_size=g.group_size, beta=g.beta, clip_eps=g.clip_eps, clip_eps_high=g.clip_eps_high or None,
         aggregation=g.aggregation, advantage_scale=g.advantage_scale, temperature=g.temperature,
-        shared_prompt=g.shared_prompt, num_micro_batches=g.num_micro_batches,
+        shared_prompt=g.shared_prompt, num_micro_batches=g.num_micro_batches, logits_chunk_size=g.logits_chunk_size,
     )
     sampling_config = sampling.SamplingConfig(
         max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_k=g.top_k, top_p=g.top_p,

@@ -59,6 +59,10 @@ def test_check_names_the_problem():
         run_config.check(config, 1)
     with pytest.raises(ValueError, match="stage"):
         run_config.base_config("rlhf")
+    config = load("demo.py", "grpo")
+    config.grpo.logits_chunk_size = -1
+    with pytest.raises(ValueError, match="grpo.logits_chunk_size -1: must be >= 0"):
+        run_config.check(config, 1)
 
 
 @pytest.mark.parametrize("stage", ["sft", "grpo"])

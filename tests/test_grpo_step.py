@@ -100,6 +100,8 @@ def test_config_errors():
         grpo.GRPOConfig(aggregation="sum")
     with pytest.raises(ValueError, match="temperature"):
         grpo.GRPOConfig(temperature=0.0)
+    with pytest.raises(ValueError, match="logits_chunk_size must be >= 0 .* got -64"):
+        grpo.GRPOConfig(logits_chunk_size=-64)
 
 
 def test_grpo_learns_to_locate():

@@ -52,6 +52,9 @@ def parse_args(argv=None):
     parser.add_argument("--no_scan_layers", dest="scan_layers", action="store_false")
     parser.add_argument("--micro_batches", type=int, default=1, help="gradient accumulation steps (SFT and GRPO)")
     parser.add_argument("--image_side", type=int, default=448, help="square image side in pixels (multiple of 28)")
+    parser.add_argument("--logits_chunk_size", type=int, default=128,
+                        help="target / completion positions per LM head chunk (SFT and GRPO; the configs' default); "
+                             "0: all positions' logits at once")
     # SFT
     parser.add_argument("--batch", type=int, default=64, help="SFT global batch (sequences)")
     parser.add_argument("--seq", type=int, default=512, help="SFT sequence length: prompt (incl. image) + target")
@@ -90,7 +93,7 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
-from geor_jax import grpo, sampling, sft, train_state  # noqa: E402
+from geor_jax import grpo, logprobs, sampling, sft, train_state  # noqa: E402
 from geor_jax import sharding as sharding_lib  # noqa: E402
 from geor_jax.logprobs import Prompts  # noqa: E402
 from geor_jax.models import qwen2_5_vl as qvl  # noqa: E402
@@ -266,9 +269,10 @@ class Plan:
         self.ref_bytes = per_device_bytes(self.ref_params)
 
 
-def plan_sft(plan: Plan, *, batch: int, seq: int, target_len: int, grid, micro_batches: int) -> list[Phase]:
+def plan_sft(plan: Plan, *, batch: int, seq: int, target_len: int, grid, micro_batches: int,
+             logits_chunk_size: int = logprobs.DEFAULT_LOGITS_CHUNK_SIZE) -> list[Phase]:
     mesh, config = plan.mesh, plan.config
-    step = sft.make_sft_step(plan.graphdef, plan.optimizer, micro_batches)
+    step = sft.make_sft_step(plan.graphdef, plan.optimizer, micro_batches, logits_chunk_size)
     prompts = abstract_prompts(config, mesh, batch, seq - target_len, grid)
     targets = abstract((batch, target_len), jnp.int32, mesh)
     phase, _ = compile_phase("sft step", step, plan.state, prompts, targets, targets, resident_arguments=plan.state_bytes)
@@ -276,11 +280,12 @@ def plan_sft(plan: Plan, *, batch: int, seq: int, target_len: int, grid, micro_b
 
 
 def plan_grpo(plan: Plan, *, prompts: int, group_size: int, prompt_len: int, completion_len: int, grid,
-              micro_batches: int, shared_prompt: bool, sampler: bool = True, update: bool = True) -> list[Phase]:
+              micro_batches: int, shared_prompt: bool, sampler: bool = True, update: bool = True,
+              logits_chunk_size: int = logprobs.DEFAULT_LOGITS_CHUNK_SIZE) -> list[Phase]:
     mesh, config = plan.mesh, plan.config
     rows = prompts * group_size
     grpo_config = grpo.GRPOConfig(group_size=group_size, beta=0.04, shared_prompt=shared_prompt,
-                                  num_micro_batches=micro_batches)
+                                  num_micro_batches=micro_batches, logits_chunk_size=logits_chunk_size)
     batch_prompts = abstract_prompts(config, mesh, prompts, prompt_len, grid)
     phases = []
     if sampler:
@@ -337,11 +342,12 @@ def run_phases(args, config, mesh, grid) -> tuple[Plan, dict[str, list[Phase]]]:
     tasks = {}
     if args.task in ("sft", "all"):
         tasks["sft"] = plan_sft(plan, batch=args.batch, seq=args.seq, target_len=args.target_len, grid=grid,
-                                micro_batches=args.micro_batches)
+                                micro_batches=args.micro_batches, logits_chunk_size=args.logits_chunk_size)
     if args.task in ("grpo", "all"):
         tasks["grpo"] = plan_grpo(plan, prompts=args.prompts, group_size=args.group_size, prompt_len=args.prompt_len,
                                   completion_len=args.completion_len, grid=grid, micro_batches=args.micro_batches,
-                                  shared_prompt=args.shared_prompt, sampler=args.sampler)
+                                  shared_prompt=args.shared_prompt, logits_chunk_size=args.logits_chunk_size,
+                                  sampler=args.sampler)
     return plan, tasks
 
 
@@ -396,7 +402,8 @@ def main(argv=None) -> dict:
     print(f"model {args.model} (text layers {config.text.num_layers}, vision depth {config.vision.depth}): "
           f"{plan.n_params / 1e9:.3f} B params; mesh data={data} fsdp={fsdp} tensor={tensor} ({len(devices)} devices); "
           f"compute {args.dtype}, params {args.param_dtype}, remat {args.remat}, scan_layers {args.scan_layers}, "
-          f"micro-batches {args.micro_batches}; image {args.image_side}px = grid {grid} = {image_tokens} tokens")
+          f"micro-batches {args.micro_batches}, logits chunk {args.logits_chunk_size or 'off'}; "
+          f"image {args.image_side}px = grid {grid} = {image_tokens} tokens")
     print(f"per device: params {plan.param_bytes / 1e6:.1f} MB, train state (params + AdamW moments) "
           f"{plan.state_bytes / 1e6:.1f} MB, reference params {plan.ref_bytes / 1e6:.1f} MB", flush=True)
     if args.extrapolate:
