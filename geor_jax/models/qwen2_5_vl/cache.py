@@ -15,7 +15,8 @@ Layout, chosen so a decode step's attention reads the cache with no copy:
   ``num_layers`` arrays), each updated in place by its layer; slicing one
   layer out of a stacked buffer costs XLA CPU a copy of that layer's cache
   at every step. A model with scanned layers (``scan_layers=True``) keeps one
-  stacked array with a leading ``layers`` axis, which ``lax.scan`` carries.
+  stacked array with a leading ``layers`` axis, which ``lax.scan`` takes as
+  per-layer inputs and returns as per-layer outputs.
 """
 
 from __future__ import annotations

@@ -32,35 +32,24 @@ class TextAttention(nnx.Module):
     def __call__(self, x, cos, sin, mask, layer_cache, write_index):
         """x: (batch, seq, hidden). Without a cache, attends over ``x`` itself.
 
-        With ``layer_cache`` = (keys, values, layer): writes this call's keys
-        and values at slot ``write_index`` and attends over the cache. keys /
-        values are this layer's own buffers when ``layer`` is None, else the
-        whole stacked cache, written at ``layer`` in place (not through a
-        per-layer slice, which XLA would copy). See ``cache.py`` for the
-        layout. Returns (output, updated layer cache or None).
+        With ``layer_cache`` = (keys, values), this layer's cache buffers (see
+        ``cache.py`` for the layout): writes this call's keys and values at
+        slot ``write_index`` and attends over the cache. Returns (output,
+        updated layer cache or None).
         """
         q = layers.apply_rotary(self.q_proj(x), cos, sin)
         k = layers.apply_rotary(self.k_proj(x), cos, sin)
         v = self.v_proj(x)
         if layer_cache is None:
             return self.o_proj(layers.dot_product_attention(q, k, v, mask)), None
-        cache_k, cache_v, layer = layer_cache
+        cache_k, cache_v = layer_cache
         # Only this call's tokens are moved into the cache's layout.
-        cache_k = _write_slots(cache_k, k.transpose(0, 2, 3, 1), layer, write_index, slot_axis=3)
-        cache_v = _write_slots(cache_v, v.transpose(0, 2, 1, 3), layer, write_index, slot_axis=2)
-        read = lambda c: c if layer is None else jax.lax.dynamic_index_in_dim(c, layer, keepdims=False)  # noqa: E731
-        out = layers.head_major_attention(q, read(cache_k).astype(q.dtype), read(cache_v).astype(q.dtype), mask)
-        return self.o_proj(out), (cache_k, cache_v, layer)
-
-
-def _write_slots(cache: jax.Array, new: jax.Array, layer, write_index, slot_axis: int) -> jax.Array:
-    """Write ``new`` (one layer's worth, in the cache layout) at ``write_index`` along
-    ``slot_axis`` of a per-layer buffer (``layer`` None) or of layer ``layer`` of a stacked one."""
-    start = [0] * new.ndim
-    start[slot_axis] = write_index
-    if layer is not None:
-        new, start = new[None], [layer] + start
-    return jax.lax.dynamic_update_slice(cache, new.astype(cache.dtype), tuple(start))
+        cache_k = jax.lax.dynamic_update_slice(
+            cache_k, k.transpose(0, 2, 3, 1).astype(cache_k.dtype), (0, 0, 0, write_index))
+        cache_v = jax.lax.dynamic_update_slice(
+            cache_v, v.transpose(0, 2, 1, 3).astype(cache_v.dtype), (0, 0, write_index, 0))
+        out = layers.head_major_attention(q, cache_k.astype(q.dtype), cache_v.astype(q.dtype), mask)
+        return self.o_proj(out), (cache_k, cache_v)
 
 
 class DecoderLayer(nnx.Module):
@@ -156,21 +145,19 @@ class TextDecoder(nnx.Module):
             run_layer = nnx.remat(run_layer)
         x = embeds.astype(self.dtype)
         if self.scan_layers:
-            # The whole stacked cache is the scan carry; each layer writes its slice in place.
-            kv = None if cache is None else (cache.keys, cache.values)
+            # Each layer's cache slice is a scan input and its update a scan output (not the whole
+            # stacked cache as the carry, whose backward would save every layer's cache at every layer).
             graphdef, stacked = nnx.split(self.layers)
 
-            def body(carry, per_layer):
-                x, kv = carry
-                layer_state, index = per_layer
-                x, layer_cache = run_layer(nnx.merge(graphdef, layer_state), x, None if kv is None else (*kv, index))
-                return (x, None if kv is None else layer_cache[:2]), None
+            def body(x, per_layer):
+                layer_state, layer_kv = per_layer
+                return run_layer(nnx.merge(graphdef, layer_state), x, layer_kv)
 
-            (x, kv), _ = jax.lax.scan(body, (x, kv), (stacked, jnp.arange(self.config.num_layers)))
+            x, kv = jax.lax.scan(body, x, (stacked, None if cache is None else (cache.keys, cache.values)))
         else:
             new_keys, new_values = [], []
             for index, layer in enumerate(self.layers):
-                layer_cache = None if cache is None else (cache.keys[index], cache.values[index], None)
+                layer_cache = None if cache is None else (cache.keys[index], cache.values[index])
                 x, layer_cache = run_layer(layer, x, layer_cache)
                 if cache is not None:
                     new_keys.append(layer_cache[0])
