@@ -91,3 +91,26 @@ def test_bfloat16_forward_close_to_float32(checkpoint, inputs, reference):
     assert max_diff <= 0.05 * scale, (max_diff, scale)
     agreement = np.mean(got[real].argmax(-1) == reference[real].argmax(-1))
     assert agreement >= 0.9, agreement
+
+
+def test_bfloat16_weights_with_float32_compute(checkpoint, inputs, reference):
+    """bf16 weights never upcast: every matmul takes bf16 operands and returns float32 activations."""
+    ids, mask, pix, grids = inputs
+    model = qvl.load_hf_checkpoint(checkpoint, dtype=jnp.float32, param_dtype=jnp.bfloat16)
+    graphdef, state = nnx.split(model)
+    jaxpr = jax.make_jaxpr(lambda st: nnx.merge(graphdef, st)(
+        jnp.asarray(ids), jnp.asarray(mask), pixel_values=jnp.asarray(pix), image_grid_thw=grids).logits)(state)
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(state)[0]]
+    kernels = {v for v, p in zip(jaxpr.jaxpr.invars, paths) if "kernel" in p or "embed_tokens" in p}
+    assert len(kernels) >= 7 * model.config.text.num_layers
+    widened = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "convert_element_type" and e.invars[0] in kernels]
+    assert not widened, widened[:3]
+    weight_dots = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "dot_general"
+                   and any(v.aval.dtype == jnp.bfloat16 for v in e.invars)]
+    assert len(weight_dots) >= 7 * model.config.text.num_layers
+    for eqn in weight_dots:
+        assert [v.aval.dtype for v in eqn.invars] == [jnp.bfloat16, jnp.bfloat16]
+        assert eqn.outvars[0].aval.dtype == jnp.float32
+    got = nnx_logits(model, ids, mask, pix, grids)
+    real = mask.astype(bool)
+    assert np.max(np.abs(got[real] - reference[real])) <= 0.05 * np.max(np.abs(reference[real]))

@@ -3,7 +3,8 @@
 Every parameter is an ``nnx.Param`` carrying ``logical_axes`` metadata (one
 name per dimension); ``geor_jax.sharding`` maps those names onto mesh axes.
 Parameters are stored in ``param_dtype`` and cast to the compute ``dtype`` at
-use; norms and softmax always run in float32.
+use, except that a matmul never widens a weight (``matmul_dtype``); norms and
+softmax always run in float32.
 """
 
 from __future__ import annotations
@@ -31,6 +32,17 @@ zeros_init = jax.nn.initializers.zeros
 ones_init = jax.nn.initializers.ones
 
 
+def matmul_dtype(param_dtype, compute_dtype):
+    """The dtype a matmul's operands take: the narrower of the stored weights and the compute dtype.
+
+    bfloat16 weights with float32 compute then multiply bfloat16 operands into
+    float32 results (what TPUs do for float32 matmuls by default) instead of
+    materialising a float32 copy of every weight at every use (decoding is
+    bound by reading weights; see tools/bench/RESULTS.md).
+    """
+    return param_dtype if jnp.finfo(param_dtype).bits < jnp.finfo(compute_dtype).bits else compute_dtype
+
+
 class Dense(nnx.Module):
     """``y = x @ kernel + bias`` with a kernel of any rank.
 
@@ -49,7 +61,7 @@ class Dense(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Contract the last ``n_in`` dimensions of ``x`` with the kernel.
+        """Contract the last ``n_in`` dimensions of ``x`` with the kernel, in ``matmul_dtype``.
 
         Computed as one 2-D matmul, (tokens, fan_in) @ (fan_in, fan_out), with
         reshapes around it: for XLA CPU that keeps the backward's weight
@@ -57,11 +69,14 @@ class Dense(nnx.Module):
         equivalent rank-3 ``tensordot`` made XLA copy a transposed activation
         before each weight-gradient dot (about 10% of an MLP's fwd+bwd).
         """
-        kernel = self.kernel[...].astype(self.dtype)
+        kernel = self.kernel[...]
+        operand = matmul_dtype(kernel.dtype, self.dtype)
+        kernel = kernel.astype(operand)
         in_shape, out_shape = kernel.shape[: self.n_in], kernel.shape[self.n_in :]
         lead = x.shape[: x.ndim - self.n_in]
         fan_in = math.prod(in_shape)
-        y = jnp.dot(x.astype(self.dtype).reshape(-1, fan_in), kernel.reshape(fan_in, -1)).reshape(lead + out_shape)
+        y = jnp.dot(x.astype(operand).reshape(-1, fan_in), kernel.reshape(fan_in, -1),
+                    preferred_element_type=self.dtype).reshape(lead + out_shape)
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y

@@ -129,11 +129,13 @@ class Qwen2VL(nnx.Module):
         """
         tokens = hidden.reshape(-1, hidden.shape[-1])
         if self.lm_head is None:
-            kernel = self.text.embed_tokens[...].astype(hidden.dtype)
-            logits = jnp.einsum("td,vd->tv", tokens, kernel, preferred_element_type=jnp.float32)
+            kernel = self.text.embed_tokens[...]
+            operand = layers.matmul_dtype(kernel.dtype, hidden.dtype)
+            logits = jnp.einsum("td,vd->tv", tokens.astype(operand), kernel.astype(operand), preferred_element_type=jnp.float32)
         else:
-            kernel = self.lm_head.kernel[...].astype(hidden.dtype)
-            logits = jnp.dot(tokens, kernel, preferred_element_type=jnp.float32)
+            kernel = self.lm_head.kernel[...]
+            operand = layers.matmul_dtype(kernel.dtype, hidden.dtype)
+            logits = jnp.dot(tokens.astype(operand), kernel.astype(operand), preferred_element_type=jnp.float32)
         return logits.reshape(hidden.shape[:-1] + (logits.shape[-1],))
 
     def __call__(
