@@ -247,6 +247,31 @@ def test_sharded_greedy_equals_single_device(checkpoint, batch, greedy):
     np.testing.assert_array_equal(np.asarray(out.tokens)[1:: GROUP + 1], single)
 
 
+def test_decode_loop_reads_weights_in_the_compute_dtype(checkpoint, batch):
+    """float32 weights, bfloat16 compute: the text weights are narrowed once, outside the
+    decode loop (no number changes), so every step reads bfloat16 weights."""
+    ids, mask, pix = batch
+    model = qvl.load_hf_checkpoint(checkpoint, dtype=jnp.bfloat16)
+    narrowed = qvl.load_hf_checkpoint(checkpoint, dtype=jnp.bfloat16)
+    sampling.narrow_text_weights(narrowed)
+    assert narrowed.text.layers[0].mlp.up_proj.kernel[...].dtype == jnp.bfloat16
+    assert narrowed.text.norm.scale[...].dtype == jnp.bfloat16
+    assert narrowed.vision.blocks[0].mlp.up_proj.kernel[...].dtype == jnp.float32  # decode never runs the vision tower
+    np.testing.assert_array_equal(nnx_logits(narrowed, ids, mask, pix, GRIDS), nnx_logits(model, ids, mask, pix, GRIDS))
+
+    cache, logits = sampling.prefill_groups(model, jnp.asarray(ids), jnp.asarray(mask), group_size=GROUP,
+                                            max_len=ids.shape[1] + NEW_TOKENS, pixel_values=jnp.asarray(pix),
+                                            image_grid_thw=GRIDS)
+    graphdef, state = nnx.split(model)
+    traced = sampling._decode.trace(graphdef, state, cache, logits, jax.random.key(0), config=SAMPLED, mesh=None)
+    (loop,) = [e for e in traced.jaxpr.eqns if e.primitive.name == "while"]
+    start = loop.params["cond_nconsts"]
+    body_consts = loop.invars[start:start + loop.params["body_nconsts"]]
+    weights = [v.aval for v in body_consts if v.aval.ndim >= 2 and jnp.issubdtype(v.aval.dtype, jnp.floating)]
+    assert len(weights) >= 7 * model.config.text.num_layers
+    assert all(a.dtype == jnp.bfloat16 for a in weights), sorted({str(a) for a in weights})
+
+
 def test_decode_completions_cuts_at_length():
     class Tok:
         def decode(self, ids, skip_special_tokens=False):

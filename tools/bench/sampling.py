@@ -1,7 +1,8 @@
 """Rollout throughput: ``geor_jax.sampling`` vs transformers ``generate`` on CPU.
 
 DESIGN.md bench config (random Qwen2.5-VL, ~36M parameters; fp32, or bf16 on
-both sides with ``--dtype=bfloat16``): B prompts of one 224x224 image (64
+both sides with ``--dtype=bfloat16``, optionally with geor_jax computing in
+fp32 on the bf16 weights, ``--jax_compute_dtype=float32``): B prompts of one 224x224 image (64
 image tokens) and ~40 text tokens, G samples each, 64 new tokens at
 temperature 0.9 (no top-k / top-p, no early stop on either side), both sides
 limited to ``--threads`` threads, same weights. Prints, per G, the median time
@@ -34,6 +35,8 @@ def parse_args():
     parser.add_argument("--skip_torch", action="store_true")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="Parameter and compute dtype of both sides (the peak is measured in it too).")
+    parser.add_argument("--jax_compute_dtype", choices=("float32", "bfloat16"), default=None,
+                        help="geor_jax's compute dtype if not --dtype (e.g. bfloat16 weights, float32 activations).")
     return parser.parse_args()
 
 
@@ -104,14 +107,16 @@ def main():
     n_params = sum(p.numel() for p in hf.parameters())
     with tempfile.TemporaryDirectory() as tmp:
         hf.save_pretrained(tmp)
-        model = qvl.load_hf_checkpoint(tmp, scan_layers=ARGS.scan_layers, dtype=dtype, param_dtype=dtype)
+        model = qvl.load_hf_checkpoint(tmp, scan_layers=ARGS.scan_layers, param_dtype=dtype,
+                                       dtype=jnp.dtype(ARGS.jax_compute_dtype or ARGS.dtype))
     hf = hf.to(getattr(torch, ARGS.dtype))
     ids, mask, pixels, grids = bench_prompts(ARGS.prompts, model.config.vision.patch_dim)
     prompt_len, new = ids.shape[1], ARGS.new_tokens
     peak, bandwidth = matmul_peak(dtype=dtype), copy_bandwidth()
     param_bytes = common.streamed_param_bytes(model)
     print(f"params {n_params / 1e6:.1f}M (decode streams {param_bytes / 1e6:.0f} MB)  prompts {ARGS.prompts} x {prompt_len} "
-          f"tokens (padded)  new tokens {new}  threads {ARGS.threads}  scan_layers {ARGS.scan_layers}  dtype {ARGS.dtype}")
+          f"tokens (padded)  new tokens {new}  threads {ARGS.threads}  scan_layers {ARGS.scan_layers}  dtype {ARGS.dtype}"
+          f"  jax compute dtype {jnp.dtype(model.text.dtype)}")
     print(f"{ARGS.dtype} matmul peak (2048^3 jnp.dot) {peak / 1e9:.1f} GFLOP/s; copy bandwidth (256 MB in-place x*c, read+write) "
           f"{bandwidth / 1e9:.1f} GB/s")
     config = sampling.SamplingConfig(max_new_tokens=new, temperature=TEMPERATURE)
