@@ -1,5 +1,6 @@
 """The benchmark helpers' FLOP counts and the memory planner on tiny configs (a few seconds each)."""
 
+import math
 import os
 import sys
 
@@ -46,6 +47,29 @@ def test_decoder_forward_flops_matches_xla_on_a_tiny_decoder():
                                             config.num_kv_heads, config.num_layers, config.vocab_size,
                                             tokens=batch * seq, context=seq)
     assert xla == pytest.approx(analytic, rel=0.15)
+
+
+@pytest.mark.parametrize("tie_word_embeddings", [False, True])
+def test_decode_weight_shapes_cover_every_matmul_weight_a_step_reads(tie_word_embeddings):
+    """The matmul floor streams exactly the decode step's matmul weights: every text Dense kernel
+    plus the LM head (the embedding table when tied)."""
+    import dataclasses
+
+    from flax import nnx
+
+    from geor_jax.models import qwen2_5_vl as qvl
+    from geor_jax.models.qwen2_5_vl import layers
+
+    config = dataclasses.replace(plan_memory.TINY, text=dataclasses.replace(
+        plan_memory.TINY.text, tie_word_embeddings=tie_word_embeddings))
+    model = nnx.eval_shape(lambda: qvl.Qwen2VL(config, rngs=nnx.Rngs(0)))
+    kernels = [m.kernel.shape for _, m in nnx.iter_graph(model.text) if isinstance(m, layers.Dense)]
+    head = model.text.embed_tokens.shape[::-1] if model.lm_head is None else model.lm_head.kernel.shape
+    shapes = common.decode_weight_shapes(config.text)
+    assert len(shapes) == len(kernels) + 1
+    assert sum(k * n for k, n in shapes) == sum(math.prod(s) for s in kernels) + math.prod(head)
+    assert shapes[-1] == (config.text.hidden_size, config.text.vocab_size)
+    assert common.weight_matmul_time(config.text, rows=4, dtype=jnp.float32, repeats=1, steps=2) > 0
 
 
 def _plan(devices: int):

@@ -118,6 +118,37 @@ def streamed_param_bytes(model) -> int:
     return total + head.nbytes
 
 
+def decode_weight_shapes(text) -> list[tuple[int, int]]:
+    """(fan_in, fan_out) of every weight matmul of one decode step, in order: per layer q, k, v, o,
+    gate, up, down, then the LM head (``text``: a ``TextConfig``)."""
+    d, q, kv, mlp = text.hidden_size, text.num_heads * text.head_dim, text.num_kv_heads * text.head_dim, text.intermediate_size
+    layer = [(d, q), (d, kv), (d, kv), (q, d), (d, mlp), (d, mlp), (mlp, d)]
+    return layer * text.num_layers + [(d, text.vocab_size)]
+
+
+def weight_matmul_time(text, rows: int, dtype, repeats: int, steps: int = 8) -> float:
+    """Seconds per step of a decode step's weight matmuls alone: ``rows`` x (fan_in, fan_out) dots over
+    fresh ``dtype`` weights of the step's shapes, chained in the step's order (float32 results), in a
+    jitted loop. Every weight is read once per step, as in decoding, so with weights larger than the
+    last-level cache this is what streaming them through XLA's matmul costs: the floor a decode
+    step of this model and batch cannot beat with the same matmul kernels."""
+    rng = np.random.RandomState(0)
+    weights = [jnp.asarray(rng.randn(k, n).astype(np.float32) / np.sqrt(k), dtype) for k, n in decode_weight_shapes(text)]
+    width = max(max(w.shape) for w in weights)
+
+    @jax.jit
+    def run(weights):
+        def step(_, h):
+            for w in weights:
+                k, n = w.shape
+                h = h.at[:, :n].add(jnp.dot(h[:, :k].astype(w.dtype), w, preferred_element_type=jnp.float32))
+            return h
+
+        return jax.lax.fori_loop(0, steps, step, jnp.ones((rows, width), jnp.float32))
+
+    return median_time(lambda: jax.block_until_ready(run(weights)), repeats)[0] / steps
+
+
 def decode_step_cost(model, rows: int, prompt_len: int, new_tokens: int) -> tuple[float, float]:
     """(FLOPs, bytes read) of one decode step of ``rows`` rows: XLA's FLOP count over a full
     cache of prompt + new slots; bytes = ``streamed_param_bytes`` + the K/V slots that hold

@@ -10,7 +10,8 @@ of a whole call (prefill + decode) and generated tokens/s of both, their
 ratio, and the time of one decode step against this machine's hardware bound:
 max(step FLOPs / measured matmul peak, bytes read per step / measured copy
 bandwidth), bytes = decoder + LM-head parameters + the KV cache slots a step
-must read.
+must read, and against the step's weight matmuls alone (same shapes and rows,
+each weight streamed once: the floor with XLA's matmul kernels).
 
     PYTHONPATH=. python tools/bench/sampling.py
 """
@@ -56,6 +57,7 @@ from flax import nnx  # noqa: E402
 from common import GRID, IMAGE_TOKEN, VISION_END, VISION_START, copy_bandwidth, matmul_peak, median_time  # noqa: E402
 from geor_jax import sampling  # noqa: E402
 from geor_jax.models import qwen2_5_vl as qvl  # noqa: E402
+from geor_jax.models.qwen2_5_vl import layers  # noqa: E402
 
 TEMPERATURE = 0.9
 
@@ -122,7 +124,7 @@ def main():
     config = sampling.SamplingConfig(max_new_tokens=new, temperature=TEMPERATURE)
     jids, jmask, jpix = jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(pixels)
     rows_header = ("G", "jax s/call", "jax tok/s", "hf s/call", "hf tok/s", "ratio", "prefill s", "step ms",
-                   "bound ms", "step/bound", "bound tok/s")
+                   "bound ms", "step/bound", "bound tok/s", "matmuls ms", "step/matmuls")
     results = []
     for group in (int(g) for g in ARGS.groups.split(",")):
         rows = ARGS.prompts * group
@@ -147,6 +149,8 @@ def main():
         bound_s = max(flops / peak, step_bytes / bandwidth)
         full_slots_s = loop_step_time(model, rows, prompt_len + new, ARGS.repeats)
         completion_slots_s = loop_step_time(model, rows, new, ARGS.repeats)
+        operand_dtype = layers.matmul_dtype(dtype, model.text.dtype)
+        matmuls_s = common.weight_matmul_time(model.config.text, rows, operand_dtype, ARGS.repeats)
         hf_s = float("nan")
         if not ARGS.skip_torch:
             def hf_call():
@@ -162,16 +166,17 @@ def main():
             hf_s, _ = median_time(hf_call, ARGS.torch_repeats)
         generated = rows * new
         results.append((group, jax_s, generated / jax_s, hf_s, generated / hf_s, hf_s / jax_s, prefill_s, 1e3 * step_s,
-                        1e3 * bound_s, step_s / bound_s, rows / bound_s))
+                        1e3 * bound_s, step_s / bound_s, rows / bound_s, 1e3 * matmuls_s, step_s / matmuls_s))
         print(f"G={group}: step FLOPs {flops / 1e6:.0f} M ({1e3 * flops / peak:.2f} ms at peak), step bytes "
               f"{step_bytes / 1e6:.0f} MB ({1e3 * step_bytes / bandwidth:.2f} ms at bandwidth); model step over "
               f"{prompt_len + new} cache slots {1e3 * full_slots_s:.2f} ms vs {new} slots {1e3 * completion_slots_s:.2f} ms "
-              "(shared-prefix headroom)", flush=True)
+              f"(shared-prefix headroom); the step's weight matmuls alone {1e3 * matmuls_s:.2f} ms "
+              f"({param_bytes / matmuls_s / 1e9:.1f} GB/s of weights)", flush=True)
     print("| " + " | ".join(rows_header) + " |")
     print("|" + " --- |" * len(rows_header))
     for r in results:
         print(f"| {r[0]} | {r[1]:.3f} | {r[2]:.0f} | {r[3]:.3f} | {r[4]:.0f} | {r[5]:.2f}x | {r[6]:.3f} | {r[7]:.2f} | "
-              f"{r[8]:.2f} | {r[9]:.2f} | {r[10]:.0f} |")
+              f"{r[8]:.2f} | {r[9]:.2f} | {r[10]:.0f} | {r[11]:.2f} | {r[12]:.2f} |")
 
 
 if __name__ == "__main__":
