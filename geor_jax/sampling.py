@@ -238,6 +238,17 @@ def _constrain_rows(tree, mesh: Mesh | None):
     return jax.tree.map(lambda x: constrain_cache(x) if is_cache(x) else constrain(x), tree, is_leaf=is_cache)
 
 
+def _lm_head_input(hidden):
+    """One token per row: the hidden states split over their width, like the LM head's FSDP-sharded input axis.
+
+    Each device then multiplies its slice of the width into partial logits
+    that are summed across devices, a (rows, vocab) all-reduce, instead of
+    gathering the whole (hidden, vocab) LM head for a few rows (what the
+    decoder's row-sharded hidden states would otherwise make XLA do).
+    """
+    return sharding_lib.constrain(hidden, (None, None, "embed"))
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "grids", "group_size", "max_len", "mesh"))
 def _prefill(graphdef, state, prompt_tokens, prompt_mask, pixel_values, *, grids, group_size, max_len, mesh):
     model = nnx.merge(graphdef, state)
@@ -245,7 +256,7 @@ def _prefill(graphdef, state, prompt_tokens, prompt_mask, pixel_values, *, grids
     hidden, cache = model.hidden_states(
         prompt_tokens, prompt_mask, pixel_values=pixel_values, image_grid_thw=grids, cache=cache
     )
-    logits = model.logits(hidden[:, -1:])[:, 0]
+    logits = model.logits(_lm_head_input(hidden[:, -1:]))[:, 0]
     return _constrain_rows((repeat_rows(cache, group_size), jnp.repeat(logits, group_size, axis=0)), mesh)
 
 
@@ -332,7 +343,7 @@ def _decode(graphdef, state, cache, logits, key, *, config: SamplingConfig, mesh
         last = jax.lax.dynamic_slice_in_dim(s.tokens, s.step - 1, 1, axis=1)
         positions = jnp.broadcast_to(s.cache.next_position[None, :, None], (3, rows, 1))
         hidden, cache = model.hidden_states(last, (~s.done)[:, None].astype(jnp.int32), positions=positions, cache=s.cache)
-        return emit(s.replace(cache=cache), model.logits(hidden)[:, 0])
+        return emit(s.replace(cache=cache), model.logits(_lm_head_input(hidden))[:, 0])
 
     start = _DecodeState(
         step=jnp.zeros((), jnp.int32),

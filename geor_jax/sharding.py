@@ -2,9 +2,10 @@
 
 Model parameters carry ``logical_axes`` metadata (e.g. ``("embed", "mlp")``).
 Partition rules map each logical name to mesh axes; a mesh axis is dropped for
-a dimension it does not divide (e.g. 2 KV heads over 4 tensor shards) or when
-an earlier dimension already uses it, so every rule set works on every model
-size and mesh shape.
+a dimension it does not divide (e.g. 2 KV heads over 4 tensor shards), when
+an earlier dimension already uses it or when the mesh lacks it, so every rule
+set works on every model size and mesh shape. ``constrain`` applies the same
+rules to activations, under the mesh ``jax.set_mesh`` makes current.
 """
 
 from __future__ import annotations
@@ -102,8 +103,9 @@ def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh
         targets = (target,) if isinstance(target, str) else tuple(target or ())
         chosen = []
         for axis in targets:
-            span = mesh.shape[axis] * math.prod(mesh.shape[a] for a in chosen)
-            if axis not in used and mesh.shape[axis] > 1 and size % span == 0:
+            if mesh.shape.get(axis, 1) == 1 or axis in used:
+                continue
+            if size % (mesh.shape[axis] * math.prod(mesh.shape[a] for a in chosen)) == 0:
                 chosen.append(axis)
         used.update(chosen)
         spec.append(None if not chosen else chosen[0] if len(chosen) == 1 else tuple(chosen))
@@ -113,6 +115,21 @@ def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh
     while spec and spec[-1] is None:
         spec.pop()
     return PartitionSpec(*spec)
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None], rules: Rules = DEFAULT_RULES) -> jax.Array:
+    """``x`` constrained to the sharding its logical ``axes`` map to on the current mesh (``jax.set_mesh``).
+
+    XLA otherwise lets activations follow whatever sharding reaches them
+    first: the token embedding's lookup hands on the table's FSDP-sharded
+    width, and the whole forward and backward then run on all rows with the
+    width split (full-batch logits and MLP activations on every device).
+    Without a mesh (single-device use) ``x`` is returned unchanged.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    return jax.lax.with_sharding_constraint(x, logical_to_spec(axes, x.shape, mesh, rules))
 
 
 def state_shardings(state: nnx.State, mesh: Mesh, rules: Rules = DEFAULT_RULES):

@@ -64,6 +64,41 @@ def test_logical_axes_drop_mesh_axes_that_do_not_divide():
     assert sharding.logical_to_spec(("head_dim",), (16,), mesh) == PartitionSpec()
 
 
+def test_logical_axes_drop_mesh_axes_the_mesh_lacks():
+    mesh = jax.make_mesh((8,), ("x",), axis_types=(jax.sharding.AxisType.Auto,))
+    assert sharding.logical_to_spec(("batch", "embed"), (8, 64), mesh) == PartitionSpec()
+
+
+def test_constrain_follows_the_rules_under_a_mesh_and_is_a_no_op_without():
+    x = jnp.ones((8, 4, 64))
+    assert sharding.constrain(x, ("batch", None, "embed")) is x
+    with jax.set_mesh(sharding.make_mesh(fsdp=2, tensor=4)):
+        rows = jax.jit(lambda x: sharding.constrain(x, ("batch", None, "embed")))(x)
+        width = jax.jit(lambda x: sharding.constrain(x, (None, None, "embed")))(x)
+    assert rows.sharding.spec == PartitionSpec("fsdp")  # fsdp splits the rows, so not the width too
+    assert width.sharding.spec == PartitionSpec(None, None, "fsdp")
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_decoder_activations_are_split_over_rows(checkpoint, inputs, scan_layers):
+    """The final hidden states come out split over the batch rows, not over the FSDP-split width that
+    the embedding table hands on (with which every device held every row's activations and logits)."""
+    mesh = sharding.make_mesh(fsdp=8)
+    model = qvl.load_hf_checkpoint(checkpoint, mesh=mesh, scan_layers=scan_layers)
+    assert model.text.embed_tokens[...].sharding.spec == PartitionSpec(None, "fsdp")
+    graphdef, state = nnx.split(model)
+    ids, mask, pix, grids = inputs
+    ids, mask = (jax.device_put(jnp.asarray(x), sharding.batch_sharding(mesh, 2)) for x in (ids, mask))
+
+    @jax.jit
+    def hidden_states(state, ids, mask, pix):
+        return nnx.merge(graphdef, state).hidden_states(ids, mask, pixel_values=pix, image_grid_thw=grids)[0]
+
+    with jax.set_mesh(mesh):
+        hidden = hidden_states(state, ids, mask, jnp.asarray(pix))
+    assert hidden.sharding.spec == PartitionSpec("fsdp")
+
+
 def test_create_sharded_model_places_every_parameter(checkpoint):
     mesh = sharding.make_mesh(fsdp=2, tensor=4)
     config = qvl.load_config(checkpoint)

@@ -1,6 +1,7 @@
 """The rollout sampler: greedy parity with transformers, shared prefill, sampling
 statistics, the log-prob convention, stops, errors and sharding."""
 
+import contextlib
 import functools
 
 import jax
@@ -233,14 +234,17 @@ def test_bad_input_raises_before_compiling(model, batch, change, message, monkey
         run(model, (ids, mask, pix), change.get("config", GREEDY), group=change.get("group", GROUP))
 
 
-def test_sharded_greedy_equals_single_device(checkpoint, batch, greedy):
+@pytest.mark.parametrize("mesh_context", [False, True], ids=["mesh_argument", "set_mesh"])
+def test_sharded_greedy_equals_single_device(checkpoint, batch, greedy, mesh_context):
+    """Also under ``jax.set_mesh``, as the train loop samples: the model's activation constraints apply."""
     mesh = sharding_lib.make_mesh(data=1, fsdp=2, tensor=4)
     model = qvl.load_hf_checkpoint(checkpoint, mesh=mesh)
     ids, mask, pix = batch
     rows = jax.device_put(jnp.asarray(ids), sharding_lib.batch_sharding(mesh, 2))
     rows_mask = jax.device_put(jnp.asarray(mask), sharding_lib.batch_sharding(mesh, 2))
-    out = sampling.sample_groups(model, rows, rows_mask, jax.random.key(0), GREEDY, group_size=GROUP + 1,
-                                 pixel_values=jnp.asarray(pix), image_grid_thw=GRIDS, mesh=mesh)
+    with jax.set_mesh(mesh) if mesh_context else contextlib.nullcontext():
+        out = sampling.sample_groups(model, rows, rows_mask, jax.random.key(0), GREEDY, group_size=GROUP + 1,
+                                     pixel_values=jnp.asarray(pix), image_grid_thw=GRIDS, mesh=mesh)
     assert len(out.tokens.sharding.device_set) == 8
     single = np.asarray(greedy.tokens)[::GROUP]
     np.testing.assert_array_equal(np.asarray(out.tokens)[:: GROUP + 1], single)

@@ -340,14 +340,15 @@ def run_phases(args, config, mesh, grid) -> tuple[Plan, dict[str, list[Phase]]]:
     plan = Plan(config, mesh, dtype=jnp.dtype(args.dtype), param_dtype=jnp.dtype(args.param_dtype), remat=args.remat,
                 scan_layers=args.scan_layers, ref_dtype=args.ref_dtype and jnp.dtype(args.ref_dtype))
     tasks = {}
-    if args.task in ("sft", "all"):
-        tasks["sft"] = plan_sft(plan, batch=args.batch, seq=args.seq, target_len=args.target_len, grid=grid,
-                                micro_batches=args.micro_batches, logits_chunk_size=args.logits_chunk_size)
-    if args.task in ("grpo", "all"):
-        tasks["grpo"] = plan_grpo(plan, prompts=args.prompts, group_size=args.group_size, prompt_len=args.prompt_len,
-                                  completion_len=args.completion_len, grid=grid, micro_batches=args.micro_batches,
-                                  shared_prompt=args.shared_prompt, logits_chunk_size=args.logits_chunk_size,
-                                  sampler=args.sampler)
+    with jax.set_mesh(mesh):  # as train_loop runs them: the model's activation constraints read this mesh
+        if args.task in ("sft", "all"):
+            tasks["sft"] = plan_sft(plan, batch=args.batch, seq=args.seq, target_len=args.target_len, grid=grid,
+                                    micro_batches=args.micro_batches, logits_chunk_size=args.logits_chunk_size)
+        if args.task in ("grpo", "all"):
+            tasks["grpo"] = plan_grpo(plan, prompts=args.prompts, group_size=args.group_size,
+                                      prompt_len=args.prompt_len, completion_len=args.completion_len, grid=grid,
+                                      micro_batches=args.micro_batches, shared_prompt=args.shared_prompt,
+                                      logits_chunk_size=args.logits_chunk_size, sampler=args.sampler)
     return plan, tasks
 
 

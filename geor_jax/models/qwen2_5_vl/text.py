@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from geor_jax import sharding
 from geor_jax.models.qwen2_5_vl import layers
 from geor_jax.models.qwen2_5_vl.cache import KVCache, init_cache
 from geor_jax.models.qwen2_5_vl.config import TextConfig
@@ -143,7 +144,9 @@ class TextDecoder(nnx.Module):
 
         if self.remat:
             run_layer = nnx.remat(run_layer)
-        x = embeds.astype(self.dtype)
+        # The residual stream is split over rows (batch), not over the FSDP-sharded width the
+        # embedding table would hand on (see ``sharding.constrain``); the scan keeps it so.
+        x = sharding.constrain(embeds.astype(self.dtype), ("batch", None, None))
         if self.scan_layers:
             # Each layer's cache slice is a scan input and its update a scan output (not the whole
             # stacked cache as the carry, whose backward would save every layer's cache at every layer).
