@@ -9,6 +9,7 @@ from jax.sharding import PartitionSpec
 
 from geor_jax import sharding
 from geor_jax.models import qwen2_5_vl as qvl
+import tiny_policy
 from qwen_vl_fixtures import GRID_A, GRID_B, hf_model, left_pad, nnx_logits, patches, prompt
 
 
@@ -97,6 +98,21 @@ def test_decoder_activations_are_split_over_rows(checkpoint, inputs, scan_layers
     with jax.set_mesh(mesh):
         hidden = hidden_states(state, ids, mask, jnp.asarray(pix))
     assert hidden.sharding.spec == PartitionSpec("fsdp")
+
+
+def test_vision_patches_are_split_over_rows():
+    """The vision tower pins its patches to rows under a mesh. On this tiny model XLA would pick rows
+    anyway; on 7B it split the width and kept all images' attention scores on every device
+    (4.3 GB per block for SFT at 64 images: tools/plan_memory.py)."""
+    model = tiny_policy.model()
+    prompts = tiny_policy.prompts(batch=8)
+    graphdef, state = nnx.split(model)
+    with jax.set_mesh(sharding.make_mesh(fsdp=8)):
+        jaxpr = jax.make_jaxpr(lambda s, x: nnx.merge(graphdef, s).vision(x, prompts.grids))(
+            state, prompts.pixel_values)
+    constraints = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "sharding_constraint"]
+    assert [(e.params["sharding"].spec, e.invars[0].aval.shape[0]) for e in constraints] == [
+        (PartitionSpec("fsdp"), prompts.pixel_values.shape[0])]
 
 
 def test_create_sharded_model_places_every_parameter(checkpoint):

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from geor_jax import sharding
 from geor_jax.models.qwen2_5_vl import layers
 from geor_jax.models.qwen2_5_vl.config import VisionConfig
 from geor_jax.models.qwen2_5_vl.rope import Grid, vision_rope
@@ -113,6 +114,8 @@ class VisionTower(nnx.Module):
         x = self.patch_embed(pixel_values)
         if layout.token_order is not None:
             x = x[layout.token_order]
+        # Patches split over devices (whole images each when they divide evenly), not the width.
+        x = sharding.constrain(x, ("batch", None))
         cos, sin = vision_rope(layout.patch_positions, config.head_dim, config.rope_theta)
 
         def run_block(block, x, cos, sin, layout):
