@@ -38,6 +38,7 @@ from jax.sharding import Mesh, NamedSharding
 from geor_jax import sharding as sharding_lib
 from geor_jax.models.qwen2_5_vl import KVCache, Qwen2VL, repeat_rows
 from geor_jax.models.qwen2_5_vl.cache import KEY_AXES, VALUE_AXES
+from geor_jax.models.qwen2_5_vl.rope import static_grids
 
 Grid = tuple[int, int, int]
 
@@ -278,9 +279,8 @@ def prefill_groups(
     Inputs are not validated here: ``sample_groups`` does that.
     """
     graphdef, state = nnx.split(model)
-    grids = tuple(tuple(int(v) for v in g) for g in image_grid_thw)
     return _prefill(graphdef, state, prompt_tokens, prompt_mask, pixel_values,
-                    grids=grids, group_size=group_size, max_len=max_len, mesh=mesh)
+                    grids=static_grids(image_grid_thw), group_size=group_size, max_len=max_len, mesh=mesh)
 
 
 @struct.dataclass
@@ -424,10 +424,9 @@ def sample_groups(
     placeholders = {model.config.image_token_id, model.config.video_token_id}
     config = dataclasses.replace(config, suppress_tokens=tuple(sorted(set(config.suppress_tokens) | placeholders)))
     max_len = prompt_tokens.shape[1] + config.max_new_tokens
-    graphdef, state = nnx.split(model)  # once: splitting the bench model costs ~8 ms of Python
-    grids = tuple(tuple(int(v) for v in g) for g in image_grid_thw)
+    graphdef, state = nnx.split(model)  # once for both jits (prefill_groups would split again): ~8 ms of Python
     cache, logits = _prefill(graphdef, state, prompt_tokens, prompt_mask, pixel_values,
-                             grids=grids, group_size=group_size, max_len=max_len, mesh=mesh)
+                             grids=static_grids(image_grid_thw), group_size=group_size, max_len=max_len, mesh=mesh)
     rollout, _ = _decode(graphdef, state, cache, logits, key, config=config, mesh=mesh)
     return rollout
 

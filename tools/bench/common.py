@@ -108,6 +108,7 @@ def compiled_flops(jitted, *args, **kwargs) -> float:
     """XLA's FLOP count (cost analysis) of ``jitted`` compiled for these arguments."""
     return float(jitted.lower(*args, **kwargs).compile().cost_analysis()["flops"])
 
+
 def streamed_param_bytes(model) -> int:
     """Bytes of the parameters a decode step reads: decoder layers, final norm, LM head (not the
     vision tower, and of the embedding table only the rows looked up)."""
@@ -170,7 +171,6 @@ def decode_step_cost(model, rows: int, prompt_len: int, new_tokens: int) -> tupl
     slot_bytes = 2 * text.num_layers * text.num_kv_heads * text.head_dim * jnp.dtype(model.text.dtype).itemsize
     kv_bytes = rows * (prompt_len + (new_tokens - 1) / 2) * slot_bytes
     return flops, float(streamed_param_bytes(model) + kv_bytes)
-
 
 
 def peak_rss_bytes() -> int:

@@ -16,7 +16,7 @@ from flax import nnx, struct
 from geor_jax.models.qwen2_5_vl import layers
 from geor_jax.models.qwen2_5_vl.cache import KVCache
 from geor_jax.models.qwen2_5_vl.config import Qwen2VLConfig
-from geor_jax.models.qwen2_5_vl.rope import Grid, mrope_positions
+from geor_jax.models.qwen2_5_vl.rope import Grid, mrope_positions, static_grids
 from geor_jax.models.qwen2_5_vl.text import TextDecoder
 from geor_jax.models.qwen2_5_vl.vision import VisionTower
 
@@ -106,7 +106,7 @@ class Qwen2VL(nnx.Module):
         """
         if attention_mask is None:
             attention_mask = jnp.ones(input_ids.shape, jnp.int32)
-        image_grid_thw = tuple(tuple(int(v) for v in g) for g in image_grid_thw)
+        image_grid_thw = static_grids(image_grid_thw)
         valid = attention_mask > 0
         if positions is None:
             positions, advance = mrope_positions(input_ids, attention_mask, image_grid_thw, self.config)
@@ -127,15 +127,12 @@ class Qwen2VL(nnx.Module):
 
         One 2-D matmul over the flattened tokens (see ``layers.Dense`` for why).
         """
-        tokens = hidden.reshape(-1, hidden.shape[-1])
-        if self.lm_head is None:
-            kernel = self.text.embed_tokens[...]
-            operand = layers.matmul_dtype(kernel.dtype, hidden.dtype)
-            logits = jnp.einsum("td,vd->tv", tokens.astype(operand), kernel.astype(operand), preferred_element_type=jnp.float32)
-        else:
-            kernel = self.lm_head.kernel[...]
-            operand = layers.matmul_dtype(kernel.dtype, hidden.dtype)
-            logits = jnp.dot(tokens.astype(operand), kernel.astype(operand), preferred_element_type=jnp.float32)
+        tied = self.lm_head is None
+        kernel = self.text.embed_tokens[...] if tied else self.lm_head.kernel[...]
+        operand = layers.matmul_dtype(kernel.dtype, hidden.dtype)
+        tokens, kernel = hidden.reshape(-1, hidden.shape[-1]).astype(operand), kernel.astype(operand)
+        # The tied table is (vocab, hidden): contract its second axis, not its first.
+        logits = jnp.einsum("td,vd->tv" if tied else "td,dv->tv", tokens, kernel, preferred_element_type=jnp.float32)
         return logits.reshape(hidden.shape[:-1] + (logits.shape[-1],))
 
     def __call__(

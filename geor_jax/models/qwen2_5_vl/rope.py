@@ -22,6 +22,11 @@ from geor_jax.models.qwen2_5_vl.config import Qwen2VLConfig, TextConfig
 Grid = tuple[int, int, int]
 
 
+def static_grids(grids) -> tuple[Grid, ...]:
+    """Image grids as a tuple of int triples: hashable, so usable as a static jit argument."""
+    return tuple(tuple(int(v) for v in g) for g in grids)
+
+
 @functools.lru_cache(maxsize=64)
 def image_token_table(grids: tuple[Grid, ...], merge: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per image token (all images, in order): (t, row, col) offsets, whether it

@@ -16,7 +16,7 @@ from flax import nnx
 from geor_jax import sharding
 from geor_jax.models.qwen2_5_vl import layers
 from geor_jax.models.qwen2_5_vl.config import VisionConfig
-from geor_jax.models.qwen2_5_vl.rope import Grid, vision_rope
+from geor_jax.models.qwen2_5_vl.rope import Grid, static_grids, vision_rope
 from geor_jax.models.qwen2_5_vl.vision_layout import SegmentLayout, vision_layout
 
 
@@ -109,7 +109,7 @@ class VisionTower(nnx.Module):
     def __call__(self, pixel_values: jax.Array, grid_thw: tuple[Grid, ...]) -> jax.Array:
         """(num_patches, patch_dim) patches -> (num_patches / merge_unit, out_hidden_size)."""
         config = self.config
-        grid_thw = tuple(tuple(int(v) for v in g) for g in grid_thw)
+        grid_thw = static_grids(grid_thw)
         layout = vision_layout(grid_thw, config)
         x = self.patch_embed(pixel_values)
         if layout.token_order is not None:
