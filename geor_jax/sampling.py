@@ -424,7 +424,7 @@ def sample_groups(
     placeholders = {model.config.image_token_id, model.config.video_token_id}
     config = dataclasses.replace(config, suppress_tokens=tuple(sorted(set(config.suppress_tokens) | placeholders)))
     max_len = prompt_tokens.shape[1] + config.max_new_tokens
-    graphdef, state = nnx.split(model)  # once for both jits (prefill_groups would split again): ~8 ms of Python
+    graphdef, state = nnx.split(model)  # once for both jits (prefill_groups would split again)
     cache, logits = _prefill(graphdef, state, prompt_tokens, prompt_mask, pixel_values,
                              grids=static_grids(image_grid_thw), group_size=group_size, max_len=max_len, mesh=mesh)
     rollout, _ = _decode(graphdef, state, cache, logits, key, config=config, mesh=mesh)
