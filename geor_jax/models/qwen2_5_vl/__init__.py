@@ -20,10 +20,11 @@ from geor_jax.models.qwen2_5_vl.config import (
 )
 from geor_jax.models.qwen2_5_vl.model import ModelOutput, Qwen2VL, token_logprobs
 from geor_jax.models.qwen2_5_vl.rope import mrope_positions
+from geor_jax.models.qwen2_5_vl.safetensors_io import CheckpointFileError
 from geor_jax.models.qwen2_5_vl.vision import VisionTower
 
 __all__ = [
-    "ConfigError", "KVCache", "ModelOutput", "Qwen2VL", "Qwen2VLConfig", "TextConfig", "VisionConfig",
-    "VisionTower", "from_hf_dict", "init_cache", "load_config", "load_hf_checkpoint", "mrope_positions",
-    "repeat_rows", "save_hf_checkpoint", "to_hf_dict", "token_logprobs",
+    "CheckpointFileError", "ConfigError", "KVCache", "ModelOutput", "Qwen2VL", "Qwen2VLConfig", "TextConfig",
+    "VisionConfig", "VisionTower", "from_hf_dict", "init_cache", "load_config", "load_hf_checkpoint",
+    "mrope_positions", "repeat_rows", "save_hf_checkpoint", "to_hf_dict", "token_logprobs",
 ]

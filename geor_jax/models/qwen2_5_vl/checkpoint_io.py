@@ -4,7 +4,8 @@ write the model back out as one transformers can load.
 Loading streams one tensor at a time from memory-mapped safetensors: each is
 converted to the NNX layout on the host and placed straight onto its devices
 in its final sharding, so host memory holds at most one tensor (one layer of
-a stacked tensor) beyond what the OS page cache maps.
+a stacked tensor) beyond what the OS page cache maps. Before any tensor is
+read, every name and header shape is checked against the config.
 
 Name mapping: NNX paths mirror the HF module names, with ``kernel``
 (transposed Linear weight), ``scale`` (norm weight) and the renames in
@@ -29,7 +30,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceShardin
 
 from geor_jax import sharding as sharding_lib
 from geor_jax.models.qwen2_5_vl import safetensors_io
-from geor_jax.models.qwen2_5_vl.config import load_config, to_hf_dict
+from geor_jax.models.qwen2_5_vl.config import Qwen2VLConfig, load_config, to_hf_dict
 from geor_jax.models.qwen2_5_vl.model import Qwen2VL
 
 _RENAMES = {
@@ -67,23 +68,34 @@ def to_nnx_layout(array: np.ndarray, var: nnx.Variable, shape: tuple[int, ...]) 
     return array.reshape(shape)
 
 
-def to_hf_layout(array: np.ndarray, var: nnx.Variable, hf_shape: tuple[int, ...] | None) -> np.ndarray:
-    """NNX layout -> HF tensor (inverse of ``to_nnx_layout``); ``hf_shape`` None means a 2-D weight/1-D vector."""
+def to_hf_layout(array: np.ndarray, var: nnx.Variable, hf_shape: tuple[int, ...]) -> np.ndarray:
+    """NNX layout -> HF tensor of ``hf_shape`` (``_hf_shape``); the inverse of ``to_nnx_layout``."""
     input_dims = var.get_metadata("input_dims", None)
     if input_dims is not None:
         in_flat = math.prod(array.shape[:input_dims])
         array = array.reshape(in_flat, -1).T
-    return array.reshape(hf_shape) if hf_shape is not None else array
+    return array.reshape(hf_shape)
 
 
-def _hf_shape(path: tuple, model: Qwen2VL) -> tuple[int, ...] | None:
-    """HF shape where it is not the 2-D/1-D default: flat biases, the 5-D patch conv."""
-    if path[-1] == "bias":
-        return (-1,)
+def _hf_shape(path: tuple, var: nnx.Variable, shape: tuple[int, ...], config: Qwen2VLConfig) -> tuple[int, ...]:
+    """The exact HF shape of the tensor behind parameter ``path`` whose (per-layer) NNX shape is ``shape``.
+
+    Linear kernels (in..., out...) are HF (out_flat, in_flat), the patch
+    embedding is the 5-D conv (hidden, channels, temporal, patch, patch),
+    biases are flat, and norms and embeddings keep their NNX shape. Saving
+    writes these shapes and loading demands them exactly, so a transposed or
+    reshaped tensor of the right size is caught, except a transposed square
+    weight (e.g. hidden x hidden), which no shape check can see.
+    """
     if path[:2] == ("vision", "patch_embed"):
-        v = model.config.vision
+        v = config.vision
         return (v.hidden_size, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size)
-    return None
+    input_dims = var.get_metadata("input_dims", None)
+    if input_dims is not None:
+        return (math.prod(shape[input_dims:]), math.prod(shape[:input_dims]))
+    if path[-1] == "bias":
+        return (math.prod(shape),)
+    return tuple(shape)
 
 
 def _is_stacked(path: tuple, model: Qwen2VL) -> bool:
@@ -102,6 +114,37 @@ def _place(host: np.ndarray, sharding) -> jax.Array:
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
+def _check_tensors(
+    checkpoint_dir, reader: safetensors_io.CheckpointReader, available: dict[str, str], state: nnx.State, model: Qwen2VL
+) -> list[tuple]:
+    """(path, variable, HF names, per-layer NNX shape) per parameter, after checking every name and header shape.
+
+    Runs on the headers alone, before any tensor is read, so a checkpoint that
+    does not fit fails at once rather than after most of it has been loaded.
+    """
+    plan, used = [], set()
+    for path, var in nnx.to_flat_state(state):
+        names = _hf_names(path, model)
+        missing = [n for n in names if n not in available]
+        if missing:
+            raise KeyError(f"checkpoint {checkpoint_dir} lacks tensor(s) {missing[:3]} for parameter {'/'.join(map(str, path))}")
+        layer_shape = var.shape[1:] if _is_stacked(path, model) else var.shape
+        expected = _hf_shape(path, var, layer_shape, model.config)
+        for name in names:
+            got = reader.shape(available[name])
+            if got != expected:
+                message = f"shape {got}, but parameter {'/'.join(map(str, path))} needs HF shape {expected}"
+                raise safetensors_io.CheckpointFileError(reader.file(available[name]), message, available[name])
+        used.update(names)
+        plan.append((path, var, names, layer_shape))
+    unexpected = set(available) - used
+    if model.config.text.tie_word_embeddings:
+        unexpected.discard("lm_head.weight")
+    if unexpected:
+        raise ValueError(f"checkpoint {checkpoint_dir} has tensors the model does not use: {sorted(unexpected)[:5]}")
+    return plan
+
+
 def load_hf_checkpoint(
     checkpoint_dir: str | os.PathLike,
     *,
@@ -116,8 +159,10 @@ def load_hf_checkpoint(
 
     With ``mesh``, every parameter is placed in the sharding the partition
     ``rules`` give it; without, on the default device. Raises ``KeyError`` for
-    tensors the model needs but the checkpoint lacks, and ``ValueError`` for
-    unknown tensors or shape mismatches.
+    tensors the model needs but the checkpoint lacks, ``ValueError`` for
+    tensors it does not use, and ``CheckpointFileError`` (a
+    ``ValueError``) for a malformed file or a tensor whose shape is not exactly
+    the one ``_hf_shape`` derives from the config, naming the file and tensor.
     """
     config = load_config(checkpoint_dir)
     reader = safetensors_io.CheckpointReader(checkpoint_dir)
@@ -132,24 +177,14 @@ def load_hf_checkpoint(
         device = SingleDeviceSharding(jax.devices()[0])
         shardings = jax.tree.map(lambda v: v.replace(device), state, is_leaf=lambda x: isinstance(x, nnx.Variable))
     flat_shardings = dict(nnx.to_flat_state(shardings))
-    used = set()
-    for path, var in nnx.to_flat_state(state):
-        names = _hf_names(path, abstract)
-        missing = [n for n in names if n not in available]
-        if missing:
-            raise KeyError(f"checkpoint {checkpoint_dir} lacks tensor(s) {missing[:3]} for parameter {'/'.join(map(str, path))}")
-        used.update(names)
+    plan = _check_tensors(checkpoint_dir, reader, available, state, abstract)
+    for path, var, names, layer_shape in plan:
         target = flat_shardings[path].get_value()
-        stacked = _is_stacked(path, abstract)
-        layer_shape = var.shape[1:] if stacked else var.shape
 
         def read(name):
-            array = reader.get(available[name])
-            if math.prod(array.shape) != math.prod(layer_shape):
-                raise ValueError(f"tensor {name} has shape {array.shape}, parameter {'/'.join(map(str, path))} needs {layer_shape}")
-            return to_nnx_layout(array, var, layer_shape).astype(var.dtype)
+            return to_nnx_layout(reader.get(available[name]), var, layer_shape).astype(var.dtype)
 
-        if stacked:
+        if _is_stacked(path, abstract):
             layer_sharding = (
                 NamedSharding(target.mesh, PartitionSpec(*target.spec[1:])) if isinstance(target, NamedSharding) else target
             )
@@ -159,11 +194,6 @@ def load_hf_checkpoint(
         else:
             value = _place(read(names[0]), target)
         var.set_value(value)
-    unexpected = set(available) - used
-    if config.text.tie_word_embeddings:
-        unexpected.discard("lm_head.weight")
-    if unexpected:
-        raise ValueError(f"checkpoint has tensors the model does not use: {sorted(unexpected)[:5]}")
     return nnx.merge(graphdef, state)
 
 
@@ -176,7 +206,8 @@ def iter_hf_tensors(model: Qwen2VL, dtype=None) -> Iterator[tuple[str, np.ndarra
         names = _hf_names(path, model)
         for layer, name in enumerate(names):
             layer_value = value[layer] if _is_stacked(path, model) else value
-            host = to_hf_layout(np.asarray(jax.device_get(layer_value)), var, _hf_shape(path, model))
+            hf_shape = _hf_shape(path, var, layer_value.shape, model.config)
+            host = to_hf_layout(np.asarray(jax.device_get(layer_value)), var, hf_shape)
             yield name, host if dtype is None else host.astype(dtype)
 
 
