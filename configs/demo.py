@@ -25,7 +25,7 @@ def get_config(stage: str = "sft"):
                           fullatt_block_indexes=(1,))
 
     c.data.data_dir = f"{DEMO_ROOT}/data"
-    c.data.records_dir = f"{DEMO_ROOT}/data/geo_cor_records/demo_400_0_train/1.0.0"
+    c.data.records_dir = f"{DEMO_ROOT}/data/geo_cor_records/demo_400_0_train/1.1.0"
     c.data.tokenizer_dir = f"{DEMO_ROOT}/data/demo_tokenizer"
     c.data.global_batch_size = 16 if stage == "sft" else 8
     c.data.buckets = ((112, 112),)  # 8x8 patches -> 16 image tokens
@@ -34,7 +34,7 @@ def get_config(stage: str = "sft"):
     c.data.worker_count = 0
     c.data.instruction = "Where was this photo taken? Answer with Country, State, City and Coordinates."
 
-    c.eval.records_dir = f"{DEMO_ROOT}/data/geo_cor_records/demo_64_1_test/1.0.0"
+    c.eval.records_dir = f"{DEMO_ROOT}/data/geo_cor_records/demo_64_1_test/1.1.0"
     c.eval.batch_size = 16
     c.eval.num_examples = 64
     c.eval.every_steps = 0  # 0: only at the end

@@ -16,6 +16,6 @@ RECORDS = "/data/records/geo_cor_records"
 def get_config(hardware: str = "tpu_v5p"):
     return run_config.real_size_config(
         "grpo", hardware, run_config.QWEN2_5_VL_7B_TEXT, checkpoint="/ckpt/geor_7b_sft/hf",  # the SFT export
-        train_records=f"{RECORDS}/mp16_hard/1.0.0", eval_records=f"{RECORDS}/im2gps3k/1.0.0",
+        train_records=f"{RECORDS}/mp16_hard/1.1.0", eval_records=f"{RECORDS}/im2gps3k/1.1.0",
         num_micro_batches=2,  # 8 prompts x G 4 per micro-batch: plan_memory 42 GB/device
     )

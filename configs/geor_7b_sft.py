@@ -18,6 +18,6 @@ RECORDS = "/data/records/geo_cor_records"
 def get_config(hardware: str = "tpu_v5p"):
     return run_config.real_size_config(
         "sft", hardware, run_config.QWEN2_5_VL_7B_TEXT, checkpoint="/models/Qwen2.5-VL-7B-Instruct",
-        train_records=f"{RECORDS}/mp16_pro_max512/1.0.0", eval_records=f"{RECORDS}/im2gps3k/1.0.0",
+        train_records=f"{RECORDS}/mp16_pro_max512/1.1.0", eval_records=f"{RECORDS}/im2gps3k/1.1.0",
         num_micro_batches=8,  # plan_memory: 27.5 GB/device (1 micro-batch: 167 GB, no fit)
     )

@@ -75,7 +75,9 @@ def generate_answers(model, tokenizer, batches, max_new_tokens: int, *, mesh=Non
     Returns ``texts``, ``lat``, ``lon`` (ground truth), ``regions`` (the
     truth's Chain of Region, recomputed from lat/lon so every host has all
     of it) and, on a single host, the record ``ids``, for at most
-    ``max_examples`` examples.
+    ``max_examples`` examples. On a single host the truth is the records'
+    float64 (``Batch.host``); across hosts it is the devices' float32 copy
+    (points moved by up to 0.87 m), the only one every host sees.
     """
     config = sampling.SamplingConfig(max_new_tokens=max_new_tokens, greedy=True,
                                      stop_tokens=tokenizer.special_ids.eos, pad_id=tokenizer.special_ids.pad)
@@ -88,10 +90,13 @@ def generate_answers(model, tokenizer, batches, max_new_tokens: int, *, mesh=Non
         )
         keep = sharding.to_host(a["example_mask"]) == 1
         texts += [text for text, k in zip(sampling.decode_completions(tokenizer, rollout), keep) if k]
-        lat.append(sharding.to_host(a["lat"])[keep])
-        lon.append(sharding.to_host(a["lon"])[keep])
-        if jax.process_count() == 1:
+        if jax.process_count() == 1:  # this host holds every example
             ids += [str(i) for i in np.asarray(batch.host["id"])[keep]]
+            lat.append(np.asarray(batch.host["lat"], np.float64)[keep])
+            lon.append(np.asarray(batch.host["lon"], np.float64)[keep])
+        else:
+            lat.append(sharding.to_host(a["lat"])[keep])
+            lon.append(sharding.to_host(a["lon"])[keep])
         if max_examples is not None and len(texts) >= max_examples:
             break
     if not texts:

@@ -41,9 +41,9 @@ def stage_config(stage: str, root: str, steps: int | None):
     config = demo_config.get_config(stage)
     data_dir = os.path.join(root, "data")
     config.data.data_dir = data_dir
-    config.data.records_dir = os.path.join(data_dir, f"geo_cor_records/demo_{_TRAIN_IMAGES}_0_train/1.0.0")
+    config.data.records_dir = os.path.join(data_dir, f"geo_cor_records/demo_{_TRAIN_IMAGES}_0_train/1.1.0")
     config.data.tokenizer_dir = os.path.join(data_dir, "demo_tokenizer")
-    config.eval.records_dir = os.path.join(data_dir, f"geo_cor_records/demo_{_TEST_IMAGES}_1_test/1.0.0")
+    config.eval.records_dir = os.path.join(data_dir, f"geo_cor_records/demo_{_TEST_IMAGES}_1_test/1.1.0")
     if steps is not None:
         config.train.num_steps = steps
     if stage == "grpo":

@@ -66,3 +66,17 @@ def write_layout(root: str, layout: str) -> list[str]:
                    [[ids[i], "12345678@N00", lat, lon, 2, 12, 353, 0.27, 0.05, 0.68]
                     for i, (_, lat, lon, _) in enumerate(PLACES)])
     return ids
+
+
+# Coordinates that need float64: float32 moves each point by 0.2-0.9 m.
+EXACT = [("a.jpg", "35.123456789012345", "139.98765432101234"), ("b.jpg", "-33.86881234567891", "-0.000001234567891"),
+         ("c.jpg", "89.99999999999999", "-179.99999999999997")]
+
+
+def write_exact_collection(root: str) -> dict[str, tuple[float, float]]:
+    """A generic collection of EXACT (coordinates as written above); returns id -> (lat, lon) as float64."""
+    for i, (name, _, _) in enumerate(EXACT):
+        write_jpeg(os.path.join(root, name), i)
+    with open(os.path.join(root, "images.csv"), "w", encoding="utf-8") as f:
+        f.write("image_path,lat,lon\n" + "".join(f"{name},{lat},{lon}\n" for name, lat, lon in EXACT))
+    return {name: (float(lat), float(lon)) for name, lat, lon in EXACT}

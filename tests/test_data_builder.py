@@ -1,15 +1,17 @@
-"""TFDS ArrayRecord builder: every layout, every bad-row reason, the bad-fraction failure, resizing."""
+"""TFDS ArrayRecord builder: every layout, the header check, every bad-row reason, the bad-rows failures, strict
+numbers, duplicate ids, exact coordinates, resizing, the CLI."""
 
 import csv
 import io
 import json
 import os
 
+import numpy as np
 import PIL.Image
 import pytest
 
 from geor_jax import regions
-from geor_jax.data import builder
+from geor_jax.data import builder, layouts
 from tests import data_fixtures
 
 
@@ -70,7 +72,7 @@ def _write_bad_collection(root):
         ["tokyo.jpg", "35.6N", 139.7],        # lat_lon_not_numeric
         ["tokyo.jpg", 95.0, 139.7],           # lat_lon_out_of_range
         ["tokyo.jpg", 35.0, -181.0],          # lat_lon_out_of_range
-        ["tokyo.jpg", 35.0, "inf"],           # lat_lon_out_of_range
+        ["tokyo.jpg", 35.0, "inf"],           # lat_lon_not_numeric (no "inf" text)
         ["paris.jpg", 48.8566, 2.3522],       # duplicate_id
     ]
     with open(os.path.join(root, "images.csv"), "w", newline="") as f:
@@ -79,8 +81,8 @@ def _write_bad_collection(root):
         writer.writerows(rows)
 
 
-EXPECTED_BAD = {"image_missing": 1, "image_unreadable": 2, "lat_lon_missing": 2, "lat_lon_not_numeric": 1,
-                "lat_lon_out_of_range": 3, "duplicate_id": 1}
+EXPECTED_BAD = {"image_missing": 1, "image_unreadable": 2, "lat_lon_missing": 2, "lat_lon_not_numeric": 2,
+                "lat_lon_out_of_range": 2, "duplicate_id": 1, "text_undecodable": 0}
 
 
 def test_bad_rows_are_skipped_and_counted_per_reason(tmp_path, capsys):
@@ -91,7 +93,7 @@ def test_bad_rows_are_skipped_and_counted_per_reason(tmp_path, capsys):
                                                 max_bad_fraction=0.9, num_workers=2)
     assert report.bad == EXPECTED_BAD
     assert report.total_rows == 15 and report.written == 5
-    assert "lat_lon_out_of_range: 3" in capsys.readouterr().out
+    assert "lat_lon_out_of_range: 2" in capsys.readouterr().out
     records = _records(records_dir, "train")
     assert sorted(records) == sorted(f"{p[0]}.jpg" for p in data_fixtures.PLACES)
     saved = json.load(open(os.path.join(records_dir, builder.REPORT_NAME)))
@@ -105,12 +107,14 @@ def test_build_fails_past_bad_fraction_naming_examples(tmp_path):
     data_dir = tmp_path / "data"
     with pytest.raises(builder.BadRowsError) as error:
         builder.build_records("generic", str(manual), str(data_dir), max_bad_fraction=0.25, num_workers=2)
-    message = str(error.value)
-    for reason in EXPECTED_BAD:
-        assert f"{reason}: {EXPECTED_BAD[reason]}" in message
-    assert "nowhere.jpg" in message and "'35.6N'" in message
+    assert str(error.value).startswith("too many bad rows: 10 of 15 skipped") and "\n" not in str(error.value)
+    summary = error.value.report.summary()
+    for reason, count in EXPECTED_BAD.items():
+        if count:
+            assert f"{reason}: {count}" in summary
+    assert "nowhere.jpg" in summary and "'35.6N'" in summary
     config_dir = data_dir / "geo_cor_records" / "generic"
-    assert not (config_dir / "1.0.0" / "dataset_info.json").exists()  # nothing published
+    assert not (config_dir / str(builder.GeoCorRecords.VERSION) / "dataset_info.json").exists()  # nothing published
     assert json.load(open(config_dir / "build_report.failed.json"))["num_bad"] == 10
 
 
@@ -128,7 +132,7 @@ def test_long_side_resize_and_missing_columns(tmp_path):
 
     with open(manual / "bad_header.csv", "w") as f:
         f.write("image,where\nwide.jpg,Tokyo\n")
-    with pytest.raises(ValueError, match="no latitude column"):
+    with pytest.raises(layouts.LayoutError, match="missing lat, lon"):
         builder.build_records("generic", str(manual), str(tmp_path / "data2"), csv_path="bad_header.csv")
 
 
@@ -144,9 +148,145 @@ def test_build_dataset_cli(tmp_path):
     _write_bad_collection(str(manual))
     failed = subprocess.run([sys.executable, tool, f"--manual_dir={manual}", f"--data_dir={tmp_path / 'bad'}"],
                             cwd=root, env=env, capture_output=True, text=True)
-    assert failed.returncode == 2 and "image_unreadable: 2" in failed.stderr
+    assert failed.returncode == 2 and "image_unreadable: 2" in failed.stdout  # the report
+    assert [line for line in failed.stderr.splitlines() if line.startswith("build failed: too many bad rows")]
     ok = subprocess.run([sys.executable, tool, f"--manual_dir={manual}", f"--data_dir={tmp_path / 'ok'}",
                          "--max_bad_fraction=0.9", "--max_long_side=32"],
                         cwd=root, env=env, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert "5 written" in ok.stdout and "generic_max32" in ok.stdout
+
+
+def _write_csv_bytes(root, data: bytes, images=()):
+    """images.csv with exactly ``data`` plus a good JPEG per name in ``images``."""
+    root.mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(images):
+        data_fixtures.write_jpeg(str(root / name), i)
+    (root / "images.csv").write_bytes(data)
+
+
+@pytest.mark.parametrize("data, hint", [
+    (b"image_path;lat;lon\ntokyo.jpg;35.6;139.7\n", "';'-separated"),
+    (b"image_path\tlat\tlon\ntokyo.jpg\t35.6\t139.7\n", "'\\t'-separated"),
+    (b"image,where\ntokyo.jpg,Tokyo\n", "missing lat, lon"),
+])
+def test_header_is_checked_before_the_build(tmp_path, data, hint):
+    _write_csv_bytes(tmp_path / "manual", data, ["tokyo.jpg"])
+    with pytest.raises(layouts.LayoutError) as error:
+        builder.build_records("generic", str(tmp_path / "manual"), str(tmp_path / "data"))
+    message = str(error.value)
+    assert "\n" not in message and hint in message and "images.csv" in message
+    header = data.split(b"\n")[0].decode()
+    assert repr(header.split(",")) in message  # the columns found, as read
+    # Which columns each layout needs.
+    assert "generic needs image (image_path|image|" in message and "lat (lat|latitude)" in message
+    assert "mp16_pro needs image (IMG_ID), lat (LAT), lon (LON)" in message
+    assert not (tmp_path / "data").exists()  # TFDS never started
+
+
+def test_header_error_names_the_layouts_that_fit(tmp_path):
+    _write_csv_bytes(tmp_path / "manual", b"image_path,lat,lon\ntokyo.jpg,35.6,139.7\n", ["tokyo.jpg"])
+    with pytest.raises(layouts.LayoutError, match=r"fits layout\(s\) \['generic'\]") as error:
+        builder.build_records("im2gps3k", str(tmp_path / "manual"), str(tmp_path / "data"), csv_path="images.csv")
+    assert "does not fit layout im2gps3k: missing image;" in str(error.value)
+
+
+def test_empty_csv_is_a_header_error(tmp_path):
+    _write_csv_bytes(tmp_path / "manual", b"")
+    with pytest.raises(layouts.LayoutError, match="images.csv: no header line"):
+        builder.build_records("generic", str(tmp_path / "manual"), str(tmp_path / "data"))
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("data", [b"image_path,lat,lon\n", b"image_path,lat,lon\r\n\r\n",
+                                  b"image_path,lat,lon\nnowhere.jpg,35.6,139.7\ntokyo.jpg,95,0\n"])
+def test_no_rows_written_is_a_bad_rows_error(tmp_path, data):
+    _write_csv_bytes(tmp_path / "manual", data, ["tokyo.jpg"])
+    data_dir = tmp_path / "data"
+    with pytest.raises(builder.BadRowsError, match="no rows written") as error:
+        builder.build_records("generic", str(tmp_path / "manual"), str(data_dir), max_bad_fraction=1.0)
+    assert "\n" not in str(error.value)
+    config_dir = data_dir / "geo_cor_records" / "generic"
+    assert not (config_dir / str(builder.GeoCorRecords.VERSION) / "dataset_info.json").exists()
+    saved = json.load(open(config_dir / "build_report.failed.json"))
+    assert saved["written"] == 0 and saved["total_rows"] == data.count(b".jpg")
+
+
+def test_undecodable_bytes_skip_the_row_under_their_own_reason(tmp_path):
+    data = (b"image_path,lat,lon\ntokyo.jpg,35.6895,139.6917\ncaf\xe9.jpg,48.8566,2.3522\n"
+            b"paris.jpg,48.8566,2.3\xff\nparis.jpg,48.8566,2.3522\n")
+    _write_csv_bytes(tmp_path / "manual", data, ["tokyo.jpg", "paris.jpg"])
+    records_dir, report = builder.build_records("generic", str(tmp_path / "manual"), str(tmp_path / "data"),
+                                                max_bad_fraction=0.5)
+    assert report.bad["text_undecodable"] == 2 and report.num_bad == 2
+    assert report.total_rows == 4 and report.written == 2
+    first, second = report.examples["text_undecodable"]
+    assert first.startswith("row 2 ") and "0xe9" in first and "image_path" in first
+    assert second.startswith("row 3 ") and "0xff" in second and "lon" in second
+    assert sorted(_records(records_dir, "train")) == ["paris.jpg", "tokyo.jpg"]
+    json.dumps(report.to_dict())  # the report stays JSON-safe
+
+
+@pytest.mark.parametrize("text", ["3_5", "1_000.5", "٣٥", "３５", "0x1A", "0x1p3", "inf", "-Infinity", "nan(1)",
+                                  "1e", "e5", ".", "+-1", "1.2.3", "35.6N", "1,5", "− 5", "1 5"])
+def test_numbers_parse_strictly(text):
+    assert builder.parse_coordinates(text, "10")[0] == "lat_lon_not_numeric"
+    assert builder.parse_coordinates("10", text)[0] == "lat_lon_not_numeric"
+
+
+@pytest.mark.parametrize("text, value", [("35", 35.0), ("-35.5", -35.5), ("+35.5", 35.5), (".5", 0.5), ("5.", 5.0),
+                                         ("3.5e1", 35.0), ("35E-1", 3.5), (" 12.25 ", 12.25), ("-0", 0.0)])
+def test_plain_decimal_and_exponent_numbers_parse(text, value):
+    assert builder.parse_coordinates(text, text) == (value, value)
+
+
+def test_overflowing_number_is_out_of_range_and_nan_is_missing():
+    assert builder.parse_coordinates("1e999", "0")[0] == "lat_lon_out_of_range"
+    assert builder.parse_coordinates("NaN", "0")[0] == "lat_lon_missing"
+
+
+@pytest.mark.parametrize("chunk_size", [1, 2048])
+def test_first_readable_copy_of_an_id_wins(tmp_path, chunk_size):
+    manual = tmp_path / "manual"
+    for i, name in enumerate(["first_good.jpg", "second_good.jpg", "other.jpg"]):
+        data_fixtures.write_jpeg(str(manual / name), i)
+    (manual / "broken.jpg").write_bytes(b"not an image")
+    (manual / "images.csv").write_text(
+        "id,image_path,lat,lon\n"
+        "x,broken.jpg,35.6895,139.6917\n"       # unreadable: does not claim the id
+        "y,other.jpg,48.8566,2.3522\n"
+        "x,first_good.jpg,35.6895,139.6917\n"   # the first readable copy of x wins
+        "x,second_good.jpg,35.6895,139.6917\n"  # duplicate
+        "y,broken.jpg,48.8566,2.3522\n")        # duplicate of a written id (never read)
+    records_dir, report = builder.build_records("generic", str(manual), str(tmp_path / "data"), max_bad_fraction=0.9,
+                                                chunk_size=chunk_size, num_workers=2)
+    assert report.written == 2 and report.bad["image_unreadable"] == 1 and report.bad["duplicate_id"] == 2
+    assert report.examples["image_unreadable"][0].startswith("row 1 ")
+    assert [e.split(" ")[1] for e in report.examples["duplicate_id"]] == ["4", "5"]
+    records = _records(records_dir, "train")
+    assert records["x"]["image"] == (manual / "first_good.jpg").read_bytes()
+    assert records["y"]["image"] == (manual / "other.jpg").read_bytes()
+
+
+def test_coordinates_are_stored_exactly_as_read(tmp_path):
+    expected = data_fixtures.write_exact_collection(str(tmp_path / "manual"))
+    records_dir, _ = builder.build_records("generic", str(tmp_path / "manual"), str(tmp_path / "data"))
+    records = _records(records_dir, "train")
+    for name, (lat, lon) in expected.items():
+        assert np.asarray(records[name]["lat"]).dtype == np.float64
+        assert float(records[name]["lat"]) == lat and float(records[name]["lon"]) == lon
+
+
+@pytest.mark.parametrize("data", [b"image_path;lat;lon\na.jpg;1;2\n", b"image_path,lat,lon\n"])
+def test_build_dataset_cli_prints_one_line_for_bad_input(tmp_path, data):
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    _write_csv_bytes(tmp_path / "manual", data)
+    result = subprocess.run([sys.executable, os.path.join(root, "tools", "build_dataset.py"),
+                             f"--manual_dir={tmp_path / 'manual'}", f"--data_dir={tmp_path / 'data'}"],
+                            cwd=root, env={**os.environ, "PYTHONPATH": root}, capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("build failed:")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr

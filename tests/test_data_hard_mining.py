@@ -61,3 +61,20 @@ def test_cli_writes_kept_ids(tmp_path):
     assert out.read_text().split() == ["osaka", "paris", "lyon", "sydney"]  # Tokyo, Yokohama within 200 km
     summary = json.load(open(f"{out}.summary.json"))
     assert summary["hotspots"] == 1 and summary["kept"] == 4
+
+
+def test_cli_reads_exact_coordinates_from_records(tmp_path):
+    """A prediction equal to the truth read from records solves it even at a 1 mm tolerance (float32: ~0.2 m off)."""
+    from geor_jax.data import builder
+    from tests import data_fixtures
+
+    data_fixtures.write_exact_collection(str(tmp_path / "manual"))
+    records_dir, _ = builder.build_records("generic", str(tmp_path / "manual"), str(tmp_path / "data"))
+    name, lat, lon = data_fixtures.EXACT[0]
+    with open(tmp_path / "preds.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("id", "pred_lat", "pred_lon"), (name, lat, lon)])
+    out = tmp_path / "hard.txt"
+    subprocess.run([sys.executable, os.path.join(ROOT, "tools", "mine_hard.py"), f"--records_dir={records_dir}",
+                    f"--predictions={tmp_path / 'preds.csv'}", f"--output={out}", "--correct_km=1e-6",
+                    "--radius_km=1"], check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True)
+    assert sorted(out.read_text().split()) == [n for n, _, _ in data_fixtures.EXACT[1:]]

@@ -132,3 +132,33 @@ def test_global_arrays_on_a_mesh(setup):
     # Each device holds whole images: 8 examples over 8 devices -> 256 patch rows each.
     assert {s.data.shape for s in placed.arrays["pixel_values"].addressable_shards} == {(256, 1176)}
     assert placed.grid_thw == (1, 16, 16)
+
+
+def test_exact_coordinates_reach_host_batches_and_evaluation(setup, tmp_path, monkeypatch):
+    """Records hold float64 coordinates; the host batch and evaluation's truth keep them, devices get float32."""
+    import csv
+
+    from geor_jax import evaluate
+
+    expected = data_fixtures.write_exact_collection(str(tmp_path / "manual"))
+    records_dir, _ = builder.build_records("generic", str(tmp_path / "manual"), str(tmp_path / "data"))
+    config = _config(setup, records_dir=records_dir, global_batch_size=4, shuffle=False, num_epochs=1,
+                     drop_remainder=False)
+    batches = list(pipeline.make_iterator(config))
+    (batch,) = batches
+    assert batch.host["lat"].dtype == batch.host["lon"].dtype == np.float64
+    assert batch.arrays["lat"].dtype == np.float32  # the reward's copy
+    real = batch.arrays["example_mask"] == 1
+    assert [(batch.host["lat"][i], batch.host["lon"][i]) for i in np.flatnonzero(real)] == \
+        [expected[key] for key in batch.host["id"][real]]
+
+    # Evaluation's ground truth (and so predictions.csv) is the records' float64, not the device copy.
+    monkeypatch.setattr(evaluate.sampling, "sample_groups", lambda *args, **kwargs: None)
+    monkeypatch.setattr(evaluate.sampling, "decode_completions", lambda tok, rollout: ["Coordinates: (0, 0)"] * 4)
+    answers = evaluate.generate_answers(None, setup[1], batches, max_new_tokens=8)
+    assert [(lat, lon) for lat, lon in zip(answers["lat"], answers["lon"])] == [expected[i] for i in answers["ids"]]
+    _, per_example = evaluate.evaluate_answers(answers["texts"], answers["lat"], answers["lon"])
+    evaluate.write_predictions(str(tmp_path / "predictions.csv"), answers["ids"], per_example)
+    with open(tmp_path / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["id"]: (float(r["lat"]), float(r["lon"])) for r in rows} == expected

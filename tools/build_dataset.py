@@ -10,8 +10,9 @@
 
 Prints a tqdm progress bar while examples are generated, then the build
 report (rows written, rows skipped per reason with examples), saved as
-build_report.json next to the records. Exits non-zero with the report when
-more than --max_bad_fraction of the rows are bad.
+build_report.json next to the records. A CSV whose header lacks the layout's
+columns, no row written, or more than --max_bad_fraction of the rows bad:
+one "build failed: ..." line on stderr and exit code 2.
 """
 
 import os
@@ -25,7 +26,7 @@ from geor_jax.data import builder, demo_world, layouts, tokenizer
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("layout", "generic", sorted(layouts.LAYOUTS), "On-disk layout of the collection.")
 flags.DEFINE_string("manual_dir", None, "Folder holding the metadata CSV and the images.")
-flags.DEFINE_string("data_dir", None, "Where the records go (<data_dir>/geo_cor_records/<config>/1.0.0).")
+flags.DEFINE_string("data_dir", None, "Where the records go (<data_dir>/geo_cor_records/<config>/1.1.0).")
 flags.DEFINE_string("config_name", None, "Config (folder) name; default: layout plus non-default options.")
 flags.DEFINE_string("csv_path", None, "Metadata CSV (default: the layout's usual file names).")
 flags.DEFINE_string("image_dir", None, "Image folder (default: the layout's usual folders).")
@@ -65,7 +66,7 @@ def main(argv):
                 max_long_side=FLAGS.max_long_side, jpeg_quality=FLAGS.jpeg_quality, csv_path=FLAGS.csv_path,
                 image_dir=FLAGS.image_dir, max_bad_fraction=FLAGS.max_bad_fraction,
                 num_workers=FLAGS.num_workers, chunk_size=FLAGS.chunk_size)
-    except builder.BadRowsError as error:
+    except (builder.BadRowsError, layouts.LayoutError) as error:
         print(f"build failed: {error}", file=sys.stderr)
         sys.exit(2)
     if report is None:

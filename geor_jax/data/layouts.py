@@ -4,8 +4,11 @@ Each layout names the metadata CSV a download ships, the columns holding the
 image id, latitude and longitude (matched case-insensitively, with aliases),
 the place columns the dataset carries itself (kept verbatim in the records'
 ``source_place``), and the folders its images are usually unpacked into.
-``read_rows`` streams a CSV into ``RawRow``s; ``ImageLocator`` finds an image
-file for a row's image reference.
+``check_header`` checks a CSV's header against the layout's needed columns
+(``Layout.needs``) before anything is built; ``read_rows`` streams the CSV
+into ``RawRow``s (a row with bytes that are not UTF-8 comes back flagged,
+not as an error); ``ImageLocator`` finds an image file for a row's image
+reference. CSVs are comma-separated UTF-8 (a BOM is allowed).
 
 Known layouts (header lines as the public files have them):
 
@@ -30,6 +33,11 @@ import os
 from collections.abc import Iterator, Sequence
 
 _PLACES365 = ("S3_Label", "S16_Label", "S365_Label", "Prob_indoor", "Prob_natural", "Prob_urban")
+_OTHER_DELIMITERS = (";", "\t", "|")
+
+
+class LayoutError(ValueError):
+    """A collection does not fit its layout: no metadata CSV, or a header without the columns it needs."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +53,14 @@ class Layout:
     image_dirs: tuple[str, ...]
     place_columns: tuple[str, ...] = ()
     split: str = "train"
+
+    def needs(self) -> dict[str, tuple[str, ...]]:
+        """The columns a header must have: role -> accepted names (case-insensitive, first present wins)."""
+        return {"image": self.image_columns, "lat": self.lat_columns, "lon": self.lon_columns}
+
+    def describe(self) -> str:
+        """One phrase naming the needed columns, e.g. ``mp16_pro needs image (IMG_ID), lat (LAT), lon (LON)``."""
+        return f"{self.name} needs " + ", ".join(f"{role} ({'|'.join(names)})" for role, names in self.needs().items())
 
 
 LAYOUTS: dict[str, Layout] = {
@@ -104,6 +120,18 @@ class RawRow:
     lat_text: str
     lon_text: str
     place: dict[str, str]
+    undecodable: str = ""  # why the row is not UTF-8 (its texts then show bad bytes as \xNN); "" if it is
+
+
+@dataclasses.dataclass(frozen=True)
+class Columns:
+    """Where a header keeps each role: column indices, and the layout's place columns it has."""
+
+    id: int
+    image: int
+    lat: int
+    lon: int
+    places: tuple[tuple[str, int], ...]
 
 
 def get_layout(name: str) -> Layout:
@@ -118,57 +146,117 @@ def find_csv(layout: Layout, manual_dir: str, csv_path: str | None = None) -> st
     if csv_path:
         path = csv_path if os.path.isabs(csv_path) else os.path.join(manual_dir, csv_path)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"metadata CSV {path} not found")
+            raise LayoutError(f"metadata CSV {path} not found")
         return path
     for name in layout.csv_names:
         path = os.path.join(manual_dir, name)
         if os.path.isfile(path):
             return path
-    raise FileNotFoundError(
+    raise LayoutError(
         f"no {layout.name} metadata CSV in {manual_dir}: looked for {list(layout.csv_names)}; "
         f"pass csv_path to name it")
 
 
-def _pick(header: Sequence[str], aliases: Sequence[str], what: str, path: str, required: bool = True) -> str | None:
-    """The header column matching one of ``aliases`` (case-insensitive, first alias wins)."""
-    lowered = {column.strip().lower(): column for column in header}
-    for alias in aliases:
-        if alias.lower() in lowered:
-            return lowered[alias.lower()]
-    if required:
-        raise ValueError(f"{path}: no {what} column; expected one of {list(aliases)}, header is {list(header)}")
-    return None
+def _find(header: Sequence[str], names: Sequence[str]) -> int | None:
+    """Index of the header column matching one of ``names`` (case-insensitive, first name wins)."""
+    lowered: dict[str, int] = {}
+    for i, column in enumerate(header):
+        lowered.setdefault(column.strip().lower(), i)
+    return next((lowered[n.lower()] for n in names if n.lower() in lowered), None)
+
+
+def match_header(header: Sequence[str], layout: Layout) -> Columns | None:
+    """The columns of ``layout``'s roles in ``header``, or None if a needed one is missing."""
+    found = {role: _find(header, names) for role, names in layout.needs().items()}
+    if None in found.values():
+        return None
+    id_column = _find(header, layout.id_columns)
+    index = {column: i for i, column in reversed(list(enumerate(header)))}
+    places = tuple((column, index[column]) for column in layout.place_columns if column in index)
+    return Columns(found["image"] if id_column is None else id_column, found["image"], found["lat"], found["lon"],
+                   places)
+
+
+def header_error(path: str, header: Sequence[str] | None, layout: Layout) -> str:
+    """One line: the columns found, what ``layout`` misses, which layouts would fit, what each layout needs."""
+    expected = "; ".join(other.describe() for other in LAYOUTS.values())
+    if not header or not any(column.strip() for column in header):
+        return f"{path}: no header line (the file is empty or starts blank); expected: {expected}"
+    missing = [role for role, names in layout.needs().items() if _find(header, names) is None]
+    hint = next((f" (it looks {d!r}-separated; the CSV must be comma-separated)"
+                 for d in _OTHER_DELIMITERS if len(header) == 1 and d in header[0]), "")
+    fits = [other.name for other in LAYOUTS.values() if match_header(header, other) is not None]
+    fitting = f"it fits layout(s) {fits}" if fits else "it fits no layout"
+    shown = [_shown(column) for column in header]
+    return (f"{path}: header {shown!r} does not fit layout {layout.name}: missing {', '.join(missing)}{hint}; "
+            f"{fitting}; expected: {expected}")
+
+
+def _open(path: str):
+    """The CSV as text; bytes that are not UTF-8 become lone surrogates (flagged per row, never fatal)."""
+    return open(path, encoding="utf-8-sig", errors="surrogateescape", newline="")
+
+
+def check_header(path: str, layout: Layout) -> Columns:
+    """Read only the header of ``path`` and return ``layout``'s columns; ``LayoutError`` (one line) if it misses any."""
+    with _open(path) as f:
+        header = next(csv.reader(f), None)
+    columns = match_header(header, layout) if header else None
+    if columns is None:
+        raise LayoutError(header_error(path, header, layout))
+    return columns
+
+
+def _undecodable(row: Sequence[str], header: Sequence[str]) -> str:
+    """Which cell of ``row`` (read with surrogateescape, see ``_open``) holds the first byte that is not UTF-8."""
+    for i, cell in enumerate(row):
+        bad = next((ch for ch in cell if "\udc80" <= ch <= "\udcff"), None)
+        if bad is not None:
+            name = _shown(header[i]) if i < len(header) else f"#{i + 1}"
+            return f"byte 0x{ord(bad) - 0xDC00:02x} in column {name!r} is not UTF-8"
+    return "text is not UTF-8"
+
+
+def _shown(cell: str) -> str:
+    """A cell with its undecodable bytes written as \\xNN (readable, JSON-safe)."""
+    return cell.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def read_rows(path: str, layout: Layout) -> Iterator[RawRow]:
-    """Stream a layout's CSV as ``RawRow``s (missing cells become empty strings)."""
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    """Stream a layout's CSV as ``RawRow``s (missing cells become empty strings).
+
+    Raises ``LayoutError`` if the header misses a needed column (see
+    ``check_header``). A row with bytes that are not UTF-8 is yielded with
+    ``undecodable`` set, so the caller can skip and count it.
+    """
+    with _open(path) as f:
         reader = csv.reader(f)
         header = next(reader, None)
-        if header is None:
-            return
-        image_column = _pick(header, layout.image_columns, "image", path)
-        id_column = _pick(header, layout.id_columns, "id", path, required=False) or image_column
-        lat_column = _pick(header, layout.lat_columns, "latitude", path)
-        lon_column = _pick(header, layout.lon_columns, "longitude", path)
-        index = {column: i for i, column in enumerate(header)}
-        places = [(column, index[column]) for column in layout.place_columns if column in index]
+        columns = match_header(header, layout) if header else None
+        if columns is None:
+            raise LayoutError(header_error(path, header, layout))
 
-        def cell(row, column):
-            """The stripped cell of ``column`` ('' past a short row's end)."""
-            i = index[column]
+        def cell(row, i):
+            """The stripped cell ``i`` ('' past a short row's end)."""
             return row[i].strip() if i < len(row) else ""
 
         for number, row in enumerate(reader, start=1):
-            if not row or not any(c.strip() for c in row):
+            if not any(c.strip() for c in row):
                 continue
+            undecodable = ""
+            try:
+                "".join(row).encode("utf-8")  # fast path: lone surrogates (bad bytes) fail to encode
+            except UnicodeEncodeError:
+                undecodable = _undecodable(row, header)
+                row = [_shown(c) for c in row]
             yield RawRow(
                 row_number=number,
-                id=cell(row, id_column),
-                image_ref=cell(row, image_column),
-                lat_text=cell(row, lat_column),
-                lon_text=cell(row, lon_column),
-                place={column: row[i].strip() for column, i in places if i < len(row) and row[i].strip()},
+                id=cell(row, columns.id),
+                image_ref=cell(row, columns.image),
+                lat_text=cell(row, columns.lat),
+                lon_text=cell(row, columns.lon),
+                place={column: cell(row, i) for column, i in columns.places if cell(row, i)},
+                undecodable=undecodable,
             )
 
 

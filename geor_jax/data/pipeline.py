@@ -23,11 +23,12 @@ patch**2 = 1176)::
                                         loss on logits[:, t-1] predicting tokens[:, t]
       pixel_values    float32 (B*N, D)  image i's patches are rows [i*N, (i+1)*N)
       image_grid_thw  int32   (B, 3)    every row equals ``Batch.grid_thw``
-      lat, lon        float32 (B,)      ground truth, degrees
+      lat, lon        float32 (B,)      ground truth, degrees (rounded: JAX runs without x64)
       example_mask    int32   (B,)      0 on padding examples (only a last eval batch)
     grid_thw          tuple (1, H/14, W/14), the batch's bucket: static, hashable
     host (numpy, never sent to devices; this host's examples only)
       id, country, country_code, state, city, answer   str (B_host,)
+      lat, lon        float64 (B_host,) ground truth exactly as the records hold it
 
 Each prompt holds exactly one image span ``<|vision_start|>`` + grid_t*grid_h*
 grid_w / merge_size**2 ``<|image_pad|>`` + ``<|vision_end|>``. Because prompts
@@ -52,6 +53,7 @@ from geor_jax.data import tokenizer as tokenizer_lib
 DEVICE_KEYS = ("prompt_tokens", "prompt_mask", "target_tokens", "target_mask", "tokens", "attention_mask",
                "loss_mask", "pixel_values", "image_grid_thw", "lat", "lon", "example_mask")
 HOST_KEYS = ("id", "country", "country_code", "state", "city", "answer")
+COORDINATE_KEYS = ("lat", "lon")  # float64 in host batches and Batch.host; float32 on devices
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,8 +175,8 @@ class Collate:
             "loss_mask": np.concatenate([np.zeros_like(prompt_mask), target_mask], axis=1),
             "pixel_values": np.concatenate(pixel_values, axis=0),
             "image_grid_thw": np.tile(np.asarray(grid, np.int32), (batch_size, 1)),
-            "lat": np.asarray([e["lat"] for e in examples], np.float32),
-            "lon": np.asarray([e["lon"] for e in examples], np.float32),
+            "lat": np.asarray([e["lat"] for e in examples], np.float64),
+            "lon": np.asarray([e["lon"] for e in examples], np.float64),
             "example_mask": example_mask,
         }
         for key in HOST_KEYS:
@@ -203,6 +205,19 @@ def check_config(config: PipelineConfig, tokenizer: tokenizer_lib.Tokenizer | No
     return lengths
 
 
+def _split(host_batch: dict) -> tuple[dict, tuple[int, int, int], dict]:
+    """(device-bound numpy arrays, grid_thw, host arrays) of a collated host batch.
+
+    Coordinates go both ways: float32 for the devices (the reward's
+    Haversine), float64 for the host (evaluation, reports).
+    """
+    arrays = {key: np.asarray(host_batch[key], np.float32) if key in COORDINATE_KEYS else host_batch[key]
+              for key in DEVICE_KEYS}
+    host = {key: host_batch[key] for key in HOST_KEYS}
+    host.update({key: np.asarray(host_batch[key], np.float64) for key in COORDINATE_KEYS})
+    return arrays, tuple(int(v) for v in host_batch["image_grid_thw"][0]), host
+
+
 def _batch_axes(mesh) -> tuple[str, ...]:
     """Mesh axes the batch dimension is split over: data and fsdp where present."""
     axes = tuple(a for a in ("data", "fsdp") if a in mesh.axis_names)
@@ -220,9 +235,9 @@ def to_global(host_batch: dict, mesh, batch_axes: Sequence[str] | None = None) -
 
     axes = tuple(batch_axes) if batch_axes is not None else _batch_axes(mesh)
     sharding = NamedSharding(mesh, PartitionSpec(axes))
-    arrays = {key: jax.make_array_from_process_local_data(sharding, host_batch[key]) for key in DEVICE_KEYS}
-    return Batch(arrays, tuple(int(v) for v in host_batch["image_grid_thw"][0]),
-                 {key: host_batch[key] for key in HOST_KEYS})
+    arrays, grid_thw, host = _split(host_batch)
+    return Batch({key: jax.make_array_from_process_local_data(sharding, value) for key, value in arrays.items()},
+                 grid_thw, host)
 
 
 class GeoBatchIterator:
@@ -267,9 +282,7 @@ class GeoBatchIterator:
         host_batch = next(self.grain_iterator)
         if self.mesh is not None:
             return to_global(host_batch, self.mesh, self.batch_axes)
-        return Batch({k: host_batch[k] for k in DEVICE_KEYS},
-                     tuple(int(v) for v in host_batch["image_grid_thw"][0]),
-                     {k: host_batch[k] for k in HOST_KEYS})
+        return Batch(*_split(host_batch))
 
     def get_state(self) -> bytes:
         """Where the iterator is (which records come next); small, JSON bytes."""
