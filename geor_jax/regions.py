@@ -59,8 +59,10 @@ class ParsedAnswer:
     """A model answer parsed back into coordinates and levels.
 
     ``valid`` is the format reward: exactly one finite (lat, lon) pair within
-    [-90, 90] x [-180, 180]. ``lat``/``lon`` hold the pair when exactly one
-    was found (even if out of range) and NaN otherwise; levels are None when
+    [-90, 90] x [-180, 180], whose hemispheres name (lat, lon) and whose
+    brackets, if any, are closed. ``num_pairs`` counts the pairs found, well
+    formed or not. ``lat``/``lon`` hold the pair when exactly one was found
+    (even if out of range or malformed) and NaN otherwise; levels are None when
     their label is absent.
     """
 
@@ -154,83 +156,144 @@ def render_answer(region: Region, lat: float, lon: float, decimals: int = COORDI
 
 # --- Parsing -----------------------------------------------------------------
 
+# Every pattern below keeps parsing linear in the answer's length: no match
+# attempt backtracks over a run of text (possessive `*+`, atomic `(?>...)`, a
+# list number matched on the reversed value instead of before an end anchor),
+# and each scanning pattern starts with a plain character class, which lets
+# `re` skip in C to the next candidate character instead of trying a match at
+# every position (much faster on long text without numbers or labels).
+
 # One coordinate: a decimal number, an optional degree sign, an optional
-# hemisphere word. Not glued to letters, digits or a decimal point.
-_COORDINATE = re.compile(
-    r"(?<![\w.])(?P<number>[-+\u2212]?(?:\d+(?:\.\d*)?|\.\d+))"
-    r"\s*(?:°|º|˚|deg(?:rees?)?\b)?"
-    r"\s*(?P<hemisphere>north|south|east|west|[nsew])?(?![\w])",
+# hemisphere word; `{i}` tells the two coordinates of a pair apart. Not glued
+# to letters, digits or a decimal point: the look-behind after the first
+# character checks the one before it, and the rest of the number depends on
+# whether it began with a sign, a digit or a point. The digit runs are
+# possessive because a shorter number would end before a digit, where no
+# coordinate may end; only the decimal part may be given back ("12.5km" reads
+# as 12, as it always has). The ending is a hemisphere not glued to a letter,
+# or a non-letter, or whitespace just read; a degree sign is kept only if such
+# an ending follows it.
+_COORDINATE = (
+    r"(?P<number{i}>[-+\u2212\d.](?<![\w.].)"
+    r"(?:(?<=[-+\u2212])(?:\d++(?:\.\d*+)?|\.\d++)|(?<=\d)\d*+(?:\.\d*+)?|(?<=\.)\d++))"
+    r"(?>\s*+(?:(?:°|º|˚|deg(?:rees?)?\b)\s*+)?"
+    r"(?:(?P<hemisphere{i}>north|south|east|west|[nsew])(?!\w)|(?!\w)|(?<=\s)))"
+)
+_LONGITUDE_LABEL = r"(?:lon(?:gitude)?|lng)\s*+[:=]?\s*+"
+# Two coordinates form a pair when joined by a comma, semicolon, slash or a
+# longitude label (whitespace around them allowed), or by whitespace alone when
+# both carry a hemisphere ("43.4N 142.6E"; the conditionals ask for hemisphere1,
+# then for hemisphere2 when the join was whitespace). A coordinate's ending is
+# atomic, and giving back its decimal part leaves it before a ".", where no
+# join starts, so the pairs are those of a coordinate-by-coordinate scan taken
+# left to right.
+_PAIR = re.compile(
+    rf"{_COORDINATE.format(i=1)}"
+    rf"(?:\s*+(?:[,;/]\s*+(?:{_LONGITUDE_LABEL})?|{_LONGITUDE_LABEL})|(?(hemisphere1)(?P<spaced>\s*+)|(?!)))"
+    rf"{_COORDINATE.format(i=2)}(?(spaced)(?(hemisphere2)|(?!)))",
     re.IGNORECASE,
 )
-# What may stand between the two numbers of a pair.
-_PAIR_SEPARATOR = re.compile(
-    r"\s*[,;/]?\s*(?:(?:lon(?:gitude)?|lng)\s*[:=]?\s*)?", re.IGNORECASE
-)
+# The brackets directly around a pair: whitespace and opening brackets before
+# its first number (matched on the reversed text before it), whitespace and
+# closing brackets after its second.
+_OPENING_RUN = re.compile(r"[\s(\[{]*+")
+_CLOSING_RUN = re.compile(r"[\s)\]}]*+")
+_MIRROR = str.maketrans("([{", ")]}")
+# A level label, not glued to a preceding letter: the first letter is a
+# character class listing every case IGNORECASE accepts for it (ſ is an s),
+# then the word goes on from that letter (the same words, tried in the same
+# order as "country|state...|province|administrative region|region|city...").
 _LEVEL_LABEL = re.compile(
-    r"(?<![\w])(?P<label>country|"
-    r"state(?:\s*/\s*(?:administrative\s+)?region)?|province|administrative\s+region|region|"
-    r"city(?:\s+or\s+place)?|place|"
-    r"coordinates?|gps|location)"
-    r"\s*\**\s*[:\uff1a]",
-    re.IGNORECASE,
+    r"(?P<label>[cCsS\u017fpPaArRgGlL](?<!\w.)(?i:"
+    r"(?<=c)(?:ountry|ity(?:\s++or\s++place)?|oordinates?)"
+    r"|(?<=s)tate(?:\s*+/\s*+(?:administrative\s++)?region)?"
+    r"|(?<=p)(?:rovince|lace)"
+    r"|(?<=a)dministrative\s++region"
+    r"|(?<=r)egion"
+    r"|(?<=g)ps"
+    r"|(?<=l)ocation))"
+    r"\s*+\**+\s*+[:\uff1a]"
 )
 _LEVEL_OF_LABEL = {"country": "country", "state": "state", "province": "state",
                    "administrative": "state", "region": "state", "city": "city",
                    "place": "city"}
+# A list number ending a value ("France 2." in "1. Country: France 2. State: ..."),
+# matched on the reversed value: an end anchor would be tried from every position.
+_TRAILING_LIST_NUMBER_REVERSED = re.compile(r"\s*+[.)]\d++\s*+")
 _VALUE_TRIM = " \t*_`\"'.,;:-|#"
 
 
-def _coordinate_value(match: re.Match) -> tuple[float, str]:
-    """(signed degrees, hemisphere axis 'lat'/'lon'/'') of one coordinate match."""
-    number = float(match["number"].replace("\u2212", "-"))
-    hemisphere = (match["hemisphere"] or "").lower()[:1]
+def _coordinate_value(match: re.Match, i: int) -> tuple[float, str]:
+    """(signed degrees, hemisphere axis 'lat'/'lon'/'') of coordinate ``i`` of a pair match."""
+    number = float(match[f"number{i}"].replace("\u2212", "-"))
+    hemisphere = (match[f"hemisphere{i}"] or "").lower()[:1]
     if hemisphere in ("s", "w"):
         number = -abs(number)
     axis = {"n": "lat", "s": "lat", "e": "lon", "w": "lon"}.get(hemisphere, "")
     return number, axis
 
 
-def _find_pairs(text: str) -> list[tuple[float, float, bool]]:
-    """All (lat, lon, axes_consistent) pairs: adjacent coordinates joined by a separator.
+def _brackets_balance(text: str, pair: re.Match) -> bool:
+    """Whether every opening bracket directly before ``pair`` is closed, innermost first, directly after it.
 
-    A bare-whitespace separator only joins two numbers that both carry a
-    hemisphere ("43.4N 142.6E"). A pair written longitude first with
-    hemispheres ("142.6E, 43.4N") is swapped into (lat, lon).
+    Whitespace may stand between the brackets and the numbers. Surplus closing
+    brackets belong to the surrounding text ("(see (1, 2))"); a surplus opening
+    one means the pair was never closed ("((1, 2)", "(1, 2", a truncated answer).
     """
-    matches = list(_COORDINATE.finditer(text))
-    pairs, i = [], 0
-    while i + 1 < len(matches):
-        first, second = matches[i], matches[i + 1]
-        gap = text[first.end() : second.start()]
-        joined = _PAIR_SEPARATOR.fullmatch(gap) is not None
-        if joined and not gap.strip():
-            joined = bool(first["hemisphere"] and second["hemisphere"])
-        if not joined:
-            i += 1
-            continue
-        (a, axis_a), (b, axis_b) = _coordinate_value(first), _coordinate_value(second)
-        if axis_a == "lon" or axis_b == "lat":
-            (a, axis_a), (b, axis_b) = (b, axis_b), (a, axis_a)
-        consistent = axis_a in ("", "lat") and axis_b in ("", "lon")
-        pairs.append((a, b, consistent))
-        i += 2
-    return pairs
+    before = _OPENING_RUN.match(text[pair.start() - 1 :: -1] if pair.start() else "")[0]
+    after = _CLOSING_RUN.match(text, pair.end())[0]
+    openers, closers = "".join(before.split()), "".join(after.split())
+    return closers.startswith(openers.translate(_MIRROR))
+
+
+def _find_pair(text: str) -> tuple[int, tuple[float, float, bool] | None]:
+    """(number of pairs, the first as (lat, lon, well_formed)), pairs taken left to right.
+
+    A pair written longitude first with hemispheres ("142.6E, 43.4N") is
+    swapped into (lat, lon). Well formed: the hemispheres name (lat, lon) and
+    the brackets directly around the pair balance.
+    """
+    first = _PAIR.search(text)
+    if first is None:
+        return 0, None
+    count = _PAIR.subn("", text)[1]  # counts in C, without a match object per pair
+    (a, axis_a), (b, axis_b) = _coordinate_value(first, 1), _coordinate_value(first, 2)
+    if axis_a == "lon" or axis_b == "lat":
+        (a, axis_a), (b, axis_b) = (b, axis_b), (a, axis_a)
+    well_formed = axis_a in ("", "lat") and axis_b in ("", "lon") and _brackets_balance(text, first)
+    return count, (a, b, well_formed)
 
 
 def _find_levels(text: str) -> dict[str, str]:
-    """Country/state/city values after their labels (first occurrence wins)."""
-    labels = list(_LEVEL_LABEL.finditer(text))
+    """Country/state/city values after their labels (first non-empty occurrence wins).
+
+    A value runs to the end of its line or to the next label.
+    """
     levels: dict[str, str] = {}
-    for label, following in zip(labels, labels[1:] + [None]):
+    pending: tuple[str, int] | None = None  # (level, value start) of a label whose value is still open
+    for label in _LEVEL_LABEL.finditer(text):
+        if pending is not None:
+            _set_level(levels, pending, text, label.start())
         level = _LEVEL_OF_LABEL.get(label["label"].split()[0].split("/")[0].lower())
-        if level is None or level in levels:
-            continue
-        end = following.start() if following else len(text)
-        value = text[label.end() : end].split("\n", 1)[0]
-        value = re.sub(r"\s*\d+[.)]\s*$", "", value).strip(_VALUE_TRIM)
-        if value:
-            levels[level] = value
+        pending = (level, label.end()) if level is not None and level not in levels else None
+    if pending is not None:
+        _set_level(levels, pending, text, len(text))
     return levels
+
+
+def _set_level(levels: dict[str, str], pending: tuple[str, int], text: str, end: int) -> None:
+    """Record the value ``text[start:end]`` of a label, cut at its line end, list number and trim removed."""
+    level, start = pending
+    line_end = text.find("\n", start, end)
+    value = text[start : end if line_end < 0 else line_end]
+    if not value.strip(_VALUE_TRIM):  # nothing left whatever is cut (the common case in label runs)
+        return
+    list_number = _TRAILING_LIST_NUMBER_REVERSED.match(value[::-1])
+    if list_number:
+        value = value[: len(value) - list_number.end()]
+    value = value.strip(_VALUE_TRIM)
+    if value:
+        levels[level] = value
 
 
 def parse_answer(text: str) -> ParsedAnswer:
@@ -239,18 +302,22 @@ def parse_answer(text: str) -> ParsedAnswer:
     Tolerant of spacing, degree signs, N/S/E/W hemispheres (which set the sign
     and may come longitude first), markdown emphasis, numbered levels and label
     case ("State / Administrative Region", "Province", "City or Place"...).
-    Valid only with exactly one (lat, lon) pair that is finite and in range.
-    Never raises: any string, or a non-string, gives a ParsedAnswer.
+    Valid only with exactly one (lat, lon) pair that is finite, in range and
+    closed: each opening bracket directly before its first number needs its
+    closing bracket, innermost first, directly after the second ("(1, 2",
+    "((1, 2)" and "(1, 2]" are malformed; "(see (1, 2))" is fine). Never
+    raises: any string, or a non-string, gives a ParsedAnswer. Time is linear
+    in the length of ``text``.
     """
     if not isinstance(text, str):
         return ParsedAnswer(math.nan, math.nan, False, 0)
-    pairs = _find_pairs(text)
+    num_pairs, pair = _find_pair(text)
     levels = _find_levels(text)
-    if len(pairs) != 1:
-        return ParsedAnswer(math.nan, math.nan, False, len(pairs), **levels)
-    lat, lon, consistent = pairs[0]
+    if num_pairs != 1:
+        return ParsedAnswer(math.nan, math.nan, False, num_pairs, **levels)
+    lat, lon, well_formed = pair
     valid = (
-        consistent
+        well_formed
         and math.isfinite(lat)
         and math.isfinite(lon)
         and -90.0 <= lat <= 90.0

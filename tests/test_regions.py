@@ -1,6 +1,7 @@
 """geor_jax.regions: Chain of Region of landmarks, rendering and tolerant parsing."""
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -152,3 +153,128 @@ def test_render_then_parse_round_trips(lat, lon, country, state, city):
     assert parsed.valid
     assert parsed.lat == pytest.approx(lat, abs=1e-6) and parsed.lon == pytest.approx(lon, abs=1e-6)
     assert (parsed.country, parsed.state, parsed.city) == (country, state, city)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Coordinates: (((1, 2",
+        "Coordinates: (1, 2",
+        "Coordinates: ((1, 2)",  # one bracket left open
+        "Coordinates: [1, 2)",  # closed by the wrong kind
+        "Coordinates: ([1, 2)]",
+        "Coordinates: (43.4, 142.6 approx.)",  # the closing bracket must follow the pair
+    ],
+)
+def test_parse_unclosed_bracket_is_invalid(text):
+    parsed = regions.parse_answer(text)
+    assert not parsed.valid
+    assert parsed.num_pairs == 1  # the pair is there, but malformed
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Coordinates: ( [ 1 , 2 ] )",
+        "Coordinates: {1, 2}",
+        "(see (1, 2))",  # surplus closing brackets belong to the sentence
+        "Coordinates: 1, 2)",
+        "Coordinates: (1 N, 2 E)",
+        "Coordinates: (1°, 2°).",
+    ],
+)
+def test_parse_balanced_brackets_are_valid(text):
+    parsed = regions.parse_answer(text)
+    assert parsed.valid and (parsed.lat, parsed.lon) == (1.0, 2.0)
+
+
+def test_parse_list_of_bracketed_pairs_is_two_pairs():
+    parsed = regions.parse_answer("Coordinates: [(1, 2), (3, 4)]")
+    assert not parsed.valid and parsed.num_pairs == 2
+
+
+def _repeat(prefix: str, unit: str, suffix: str = ""):
+    """Maker of a text of about ``size`` characters: ``prefix``, ``unit`` repeated, ``suffix``."""
+    return lambda size: prefix + unit * ((size - len(prefix) - len(suffix)) // len(unit)) + suffix
+
+
+def _nested(size: int) -> str:
+    depth = (size - 4) // 2
+    return "(" * depth + "1, 2" + ")" * depth
+
+
+def _no_levels(parsed) -> bool:
+    return (parsed.country, parsed.state, parsed.city) == (None, None, None)
+
+
+# (shape, text of a given size, check of the ParsedAnswer). Each shape is a
+# label or a number followed by a long run of what the patterns repeat or skip:
+# with the quadratic parser this replaced, five took seconds at 16 kB (hours at 1 MB).
+_ADVERSARIAL = [
+    ("digits after coordinates label", _repeat("Coordinates: ", "1", "x"), lambda p: p.num_pairs == 0),
+    ("digits after country label", _repeat("Country: ", "7"), lambda p: set(p.country) == {"7"}),
+    ("digits ending in a list point", _repeat("Country: ", "1", "."), lambda p: p.country is None),
+    ("spaces after a number", _repeat("Coordinates: 1", " ", "x"), lambda p: p.num_pairs == 0),
+    ("spaces after a label word", _repeat("Country", " ", "x"), lambda p: _no_levels(p)),
+    ("spaces after state /", _repeat("State /", " ", "x"), lambda p: _no_levels(p)),
+    ("spaces in a value", _repeat("Country: ", " ", "x"), lambda p: p.country == "x"),
+    ("spaces before a list number", _repeat("Country: France", " ", "2."), lambda p: p.country == "France"),
+    ("tabs", _repeat("Country:\t1", "\t", "y 2"), lambda p: p.country.startswith("1\t") and p.num_pairs == 0),
+    ("newlines inside a pair", _repeat("(1,", "\n", "2)"), lambda p: p.valid and (p.lat, p.lon) == (1, 2)),
+    ("unicode spaces inside brackets", _repeat("(", "\u00a0\u2003 ", "1, 2)"), lambda p: p.valid),
+    ("spaces before a separator", _repeat("1", " ", ", x 2"), lambda p: p.num_pairs == 0),
+    ("spaces after a longitude label", _repeat("1, lon", " ", "x 2"), lambda p: p.num_pairs == 0),
+    ("longitude labels", _repeat("1, ", "lon ", "2"), lambda p: p.num_pairs == 0),
+    ("'1 ' repeated", _repeat("Coordinates: ", "1 "), lambda p: p.num_pairs == 0),
+    ("'1,' repeated", _repeat("", "1,"), lambda p: p.num_pairs == 500_000 // 2 and not p.valid),
+    ("hemisphere pairs", _repeat("", "1N 2E "), lambda p: p.num_pairs == 1_000_000 // 6),
+    ("bracketed pairs", _repeat("", "(1,1)"), lambda p: p.num_pairs == 200_000),
+    ("'N ' repeated", _repeat("Coordinates: 1 ", "N ", "2"), lambda p: p.num_pairs == 0),
+    ("'1.' repeated", _repeat("Country: ", "1.", "x"), lambda p: p.country.startswith("1.1.1.")),
+    ("list numbers in a value", _repeat("Country: France", " 1.", " x"), lambda p: p.country.startswith("France 1.")),
+    ("opening brackets", _repeat("", "(", "1, 2"), lambda p: p.num_pairs == 1 and not p.valid),
+    ("nested brackets", _nested, lambda p: p.valid and (p.lat, p.lon) == (1, 2)),
+    ("closing brackets", _repeat("(1, 2", ")"), lambda p: p.valid),
+    ("minus signs", _repeat("Coordinates: ", "-", "1"), lambda p: p.num_pairs == 0),
+    ("alternating signs", _repeat("", "-+", "1"), lambda p: p.num_pairs == 0),
+    ("points", _repeat("", ".", "5"), lambda p: p.num_pairs == 0),
+    ("degree signs", _repeat("Coordinates: 1", "°", "2"), lambda p: p.num_pairs == 0),
+    ("label words", _repeat("", "country ", ":"), lambda p: _no_levels(p)),
+    ("labels with empty values", _repeat("", "country:"), lambda p: _no_levels(p)),
+    ("repeated city lines", _repeat("", "City: x\n"), lambda p: p.city == "x" and p.country is None),
+    ("markdown stars in a label", _repeat("Country", "*", ": Japan"), lambda p: p.country == "Japan"),
+    ("markdown stars in a value", _repeat("Country: ", "**", "x"), lambda p: p.country == "x"),
+    ("a mix", _repeat("", "Country: 1.5 N, ( - ° lon: \t\n"), lambda p: p.country == "1.5 N, ( - ° lon"),
+]
+
+
+def _timed_parse(text: str) -> tuple[float, regions.ParsedAnswer]:
+    start = time.perf_counter()
+    parsed = regions.parse_answer(text)
+    return time.perf_counter() - start, parsed
+
+
+def test_parse_adversarial_megabyte_answers_under_a_second():
+    slow = []
+    for name, make, sane in _ADVERSARIAL:
+        text = make(1_000_000)
+        assert 990_000 <= len(text) <= 1_000_000, name
+        seconds, parsed = _timed_parse(text)
+        for _ in range(2):  # a busy machine can stall one parse: the bound is on the fastest of three
+            if seconds < 1.0:
+                break
+            seconds = min(seconds, _timed_parse(text)[0])
+        assert sane(parsed), (name, parsed.num_pairs, parsed.valid, str(parsed.country)[:40])
+        if seconds >= 1.0:
+            slow.append(f"{name}: {seconds:.2f} s")
+    assert not slow, slow
+
+
+def test_parse_time_grows_linearly():
+    """1 MB takes about 10x as long as 100 kB (a quadratic parser: 100x); fastest of three each."""
+    shapes = {name: make for name, make, _ in _ADVERSARIAL}
+    for name in ("'1,' repeated", "spaces in a value"):
+        small, large = (shapes[name](size) for size in (100_000, 1_000_000))
+        small_seconds = min(_timed_parse(small)[0] for _ in range(3))
+        large_seconds = min(_timed_parse(large)[0] for _ in range(2))
+        assert large_seconds / small_seconds < 30, (name, small_seconds, large_seconds)
