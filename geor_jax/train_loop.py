@@ -10,6 +10,7 @@ is documented in ``configs/demo.py``.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -86,6 +87,16 @@ def pipeline_config(config, records_dir: str, split: str, batch_size: int, train
     )
 
 
+def grpo_config(config) -> grpo.GRPOConfig:
+    """The GRPO settings of ``config.grpo``."""
+    g = config.grpo
+    return grpo.GRPOConfig(
+        group_size=g.group_size, beta=g.beta, clip_eps=g.clip_eps, clip_eps_high=g.clip_eps_high or None,
+        aggregation=g.aggregation, advantage_scale=g.advantage_scale, temperature=g.temperature,
+        shared_prompt=g.shared_prompt, num_micro_batches=g.num_micro_batches, logits_chunk_size=g.logits_chunk_size,
+    )
+
+
 def reward_config(config) -> rewards.RewardConfig:
     """The reward of ``config.reward`` (breakpoints only for the piecewise "geor" reward)."""
     r = config.reward
@@ -106,16 +117,25 @@ def batch_prompts(batch: pipeline.Batch) -> logprobs.Prompts:
 
 class MetricsLogger:
     """Step metrics to stdout (one progress line), TensorBoard event files and
-    ``metrics.jsonl`` (one JSON line per log; process 0 only)."""
+    ``metrics.jsonl`` (one JSON line per log; process 0 only).
 
-    def __init__(self, workdir: str, total_steps: int):
+    A run resumed from step ``start_step`` first drops what an interrupted
+    run logged after that step (it is about to be replayed), so each step is
+    logged once: later lines of ``metrics.jsonl`` are removed (a line cut by
+    the kill is dropped with a warning) and TensorBoard purges its later events.
+    """
+
+    def __init__(self, workdir: str, total_steps: int, start_step: int = 0):
         self.total_steps = total_steps
         self.writer = None
         self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
         if jax.process_index() == 0:
             from tensorboardX import SummaryWriter
 
-            self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            if start_step:
+                _truncate_metrics(self.jsonl_path, start_step)
+            self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"),
+                                        purge_step=start_step + 1 if start_step else None)
 
     def log(self, step: int, metrics: dict[str, float], prefix: str = "train") -> None:
         """Write scalars; print ``step N/T key value ...``."""
@@ -132,6 +152,29 @@ class MetricsLogger:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def _truncate_metrics(path: str, last_step: int) -> None:
+    """Keep the lines of ``path`` up to ``last_step``, rewritten atomically; drop unreadable lines."""
+    if not os.path.exists(path):
+        return
+    kept, dropped = [], 0
+    with open(path) as f:
+        for number, line in enumerate(f, start=1):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                logging.warning("%s line %d is not JSON (cut by the interruption?); dropped", path, number)
+                continue
+            if row.get("step", 0) <= last_step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+            else:
+                dropped += 1
+    with open(path + ".tmp", "w") as f:
+        f.writelines(kept)
+    os.replace(path + ".tmp", path)
+    if dropped:
+        logging.info("dropped %d metric lines after step %d from %s (replayed on resume)", dropped, last_step, path)
 
 
 # --- The run ----------------------------------------------------------------------------------------
@@ -152,6 +195,8 @@ class Run:
     checkpointer: checkpoint.Checkpointer
     logger: MetricsLogger
     start_step: int
+    reference: object = None  # GRPO with beta != 0: the params the run started from (the KL reference)
+    reference_digest: str | None = None  # its ``reference_fingerprint``, saved with every checkpoint
 
     def model(self) -> qvl.Qwen2VL:
         """The current policy as a module (shares the state's buffers)."""
@@ -178,20 +223,41 @@ def setup(config, workdir: str) -> Run:
     del model
     checkpointer = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), save_every=config.train.checkpoint_every,
                                            keep=config.train.keep_checkpoints)
+    fresh = state  # the run's starting policy: model.init_from, or the seeded random init
     restored = checkpointer.restore_latest(jax.eval_shape(lambda: state))
-    start_step, data_state = 0, None
+    start_step, data_state, saved = 0, None, {}
     if restored is not None:
         start_step, state, saved = restored
         data_state = saved["iterator"].encode()
         logging.info("resumed from step %d", start_step)
         print(f"resumed from checkpoint at step {start_step}", flush=True)
+    reference = digest = None
+    if config.stage == "grpo" and config.grpo.beta != 0:
+        # The KL reference is always the starting policy, rebuilt from its source on every
+        # (re)start and checked against the fingerprint saved with the checkpoints. After a
+        # restore the fresh params are free to serve as it; at step 0 it must be a copy (the
+        # step donates the state's buffers).
+        reference = fresh.params if restored is not None else grpo.reference_params(fresh.params, grpo_config(config))
+        digest = reference_fingerprint(reference)
+        if saved.get("reference", digest) != digest:
+            source = config.model.init_from or f"the random init of seed {config.seed}"
+            raise ValueError(f"--config.model.init_from: {source} is not the policy this run started from (its "
+                             "weights changed since step 0), so the KL reference would change; restore it or use a "
+                             "new workdir")
+    del fresh
     batch_size = config.data.global_batch_size
     iterator = pipeline.make_iterator(pipeline_config(config, config.data.records_dir, config.data.split, batch_size, True),
                                       mesh, state=data_state)
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json(indent=2))
     return Run(config, workdir, mesh, tokenizer, graphdef, state, optimizer, iterator, checkpointer,
-               MetricsLogger(workdir, config.train.num_steps), start_step)
+               MetricsLogger(workdir, config.train.num_steps, start_step), start_step, reference, digest)
+
+
+def reference_fingerprint(params) -> str:
+    """A short digest of the KL reference's checksums, saved with every GRPO checkpoint."""
+    digest = hashlib.sha256(json.dumps(checkpoint.state_checksums(params), sort_keys=True).encode())
+    return digest.hexdigest()[:16]
 
 
 def run(config, workdir: str) -> dict[str, float]:
@@ -234,7 +300,10 @@ class _IntervalTimer:
 
 
 def _save(r: Run, step: int, force: bool = False) -> None:
-    r.checkpointer.save(step, r.state, {"iterator": r.iterator.get_state().decode()}, force=force)
+    data = {"iterator": r.iterator.get_state().decode()}
+    if r.reference is not None:
+        data["reference"] = r.reference_digest
+    r.checkpointer.save(step, r.state, data, force=force)
 
 
 def _maybe_evaluate(r: Run, step: int, last: bool) -> dict[str, float]:
@@ -268,19 +337,14 @@ def _sft_loop(r: Run) -> dict[str, float]:
 def _grpo_loop(r: Run) -> dict[str, float]:
     config = r.config
     g = config.grpo
-    grpo_config = grpo.GRPOConfig(
-        group_size=g.group_size, beta=g.beta, clip_eps=g.clip_eps, clip_eps_high=g.clip_eps_high or None,
-        aggregation=g.aggregation, advantage_scale=g.advantage_scale, temperature=g.temperature,
-        shared_prompt=g.shared_prompt, num_micro_batches=g.num_micro_batches, logits_chunk_size=g.logits_chunk_size,
-    )
+    settings = grpo_config(config)
     sampling_config = sampling.SamplingConfig(
         max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_k=g.top_k, top_p=g.top_p,
         stop_tokens=r.tokenizer.special_ids.eos, pad_id=r.tokenizer.special_ids.pad,
     )
     rewarding = reward_config(config)
-    step_fn = grpo.make_grpo_step(r.graphdef, r.optimizer, grpo_config)
-    reference = grpo.make_reference_logprobs(r.graphdef, grpo_config)
-    ref_params = grpo.reference_params(r.state.params, grpo_config)
+    step_fn = grpo.make_grpo_step(r.graphdef, r.optimizer, settings)
+    reference = grpo.make_reference_logprobs(r.graphdef, settings)
     base_key = jax.random.wrap_key_data(np.asarray(r.state.rng))  # a copy: the step donates the state
     eval_metrics = {}
     timer = _IntervalTimer()
@@ -297,7 +361,7 @@ def _grpo_loop(r: Run) -> dict[str, float]:
         truths = regions.chain_of_region(np.stack([true_lat, true_lon], 1)) if rewarding.uses_levels else None
         scored = rewards.score_completions(texts, true_lat, true_lon, truths, config=rewarding)
         advantages, stats = grpo.group_advantages(jnp.asarray(scored.reward), g.group_size, g.advantage_scale)
-        ref_logp = reference(ref_params, prompts_, rollout.tokens, rollout.mask) if ref_params is not None else None
+        ref_logp = reference(r.reference, prompts_, rollout.tokens, rollout.mask) if r.reference is not None else None
         batch_rollout = grpo.Rollout(prompts_, rollout.tokens, rollout.mask, rollout.logprobs, advantages, ref_logp)
         for _ in range(g.num_passes):
             r.state, metrics = step_fn(r.state, batch_rollout)
