@@ -17,7 +17,7 @@ import optax
 from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
 
-from geor_jax import sharding
+from geor_jax import config_fields, sharding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,18 +25,22 @@ class OptimizerConfig:
     """AdamW with linear warmup, cosine decay and global-norm clipping.
 
     The defaults are the Geo-R GRPO script's (TRL-style): lr 1e-6, no weight
-    decay, clip 1.0. The paper's SFT uses lr 1e-5.
+    decay, clip 1.0. The paper's SFT uses lr 1e-5. ``total_steps`` (the end
+    of the cosine) is the run's step count, set by the run, not a config file.
     """
 
-    learning_rate: float = 1e-6
-    warmup_steps: int = 0
-    total_steps: int = 1000
-    final_learning_rate_fraction: float = 0.0
-    weight_decay: float = 0.0
-    b1: float = 0.9
-    b2: float = 0.999
-    eps: float = 1e-8
-    max_grad_norm: float | None = 1.0
+    learning_rate: float = config_fields.field(1e-6, config_fields.greater_than(0))
+    warmup_steps: int = config_fields.field(0, config_fields.at_least(0))
+    total_steps: int = config_fields.field(1000, config_fields.at_least(1))
+    final_learning_rate_fraction: float = config_fields.field(0.0, config_fields.between(0, 1))
+    weight_decay: float = config_fields.field(0.0, config_fields.at_least(0))
+    b1: float = config_fields.field(0.9, config_fields.between(0, 1))
+    b2: float = config_fields.field(0.999, config_fields.between(0, 1))
+    eps: float = config_fields.field(1e-8, config_fields.greater_than(0))
+    max_grad_norm: float | None = config_fields.field(1.0, config_fields.greater_than(0))  # None: no clipping
+
+    def __post_init__(self):
+        config_fields.check(self)
 
     def schedule(self) -> optax.Schedule:
         """Learning rate per update: 0 -> peak over warmup, cosine to the final fraction."""

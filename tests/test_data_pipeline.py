@@ -113,10 +113,10 @@ def test_buckets_follow_the_batch_aspect_ratio(setup, tmp_path):
     assert batch.grid_thw == (1, 12, 24)
     assert batch.arrays["pixel_values"].shape == (2 * 12 * 24, 1176)
     assert (batch.arrays["prompt_tokens"][0] == tok.special_ids.image_pad).sum() == 72
-    with pytest.raises(ValueError, match="multiples of 28"):
-        pipeline.check_config(_config(setup, buckets=((224, 200),)))
+    with pytest.raises(ValueError, match=r"PipelineConfig.buckets: \(224, 200\): sides must be positive multiples .* 28"):
+        _config(setup, buckets=((224, 200),))
     with pytest.raises(ValueError, match="max_prompt_len"):
-        pipeline.check_config(_config(setup, max_prompt_len=64))
+        pipeline.check_prompt_lengths(_config(setup, max_prompt_len=64))
 
 
 def test_global_arrays_on_a_mesh(setup):

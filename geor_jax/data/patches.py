@@ -17,6 +17,8 @@ import math
 import numpy as np
 import PIL.Image
 
+from geor_jax import config_fields
+
 # CLIP normalisation, as in Qwen2.5-VL's preprocessor_config.json.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -26,11 +28,14 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 class PatchConfig:
     """Vision-tower patching constants (Qwen2.5-VL defaults)."""
 
-    patch_size: int = 14
-    temporal_patch_size: int = 2
-    merge_size: int = 2
+    patch_size: int = config_fields.field(14, config_fields.at_least(1))
+    temporal_patch_size: int = config_fields.field(2, config_fields.at_least(1))
+    merge_size: int = config_fields.field(2, config_fields.at_least(1))
     image_mean: tuple[float, float, float] = CLIP_MEAN
-    image_std: tuple[float, float, float] = CLIP_STD
+    image_std: tuple[float, float, float] = config_fields.field(CLIP_STD, config_fields.each(config_fields.greater_than(0)))
+
+    def __post_init__(self):
+        config_fields.check(self)
 
     @property
     def factor(self) -> int:

@@ -47,6 +47,7 @@ import grain.python as grain
 import numpy as np
 import PIL.Image
 
+from geor_jax import config_fields
 from geor_jax.data import builder, patches, prompts
 from geor_jax.data import tokenizer as tokenizer_lib
 
@@ -56,24 +57,42 @@ HOST_KEYS = ("id", "country", "country_code", "state", "city", "answer")
 COORDINATE_KEYS = ("lat", "lon")  # float64 in host batches and Batch.host; float32 on devices
 
 
+def _nonempty(value: str) -> str | None:
+    return None if value else "must be set"
+
+
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
-    """Everything that fixes the batches (and so must match when resuming)."""
+    """Everything that fixes the batches (and so must match when resuming).
 
-    records_dir: str
-    tokenizer_dir: str
-    split: str = "train"
-    global_batch_size: int = 16
-    buckets: tuple[tuple[int, int], ...] = ((224, 224),)  # (height, width), multiples of 28
-    max_prompt_len: int = 192
-    max_target_len: int = 64
+    In a run config this is the ``data`` section; ``shuffle``, ``num_epochs``
+    and ``drop_remainder`` are set by the code that builds a training or an
+    evaluation pipeline, not by config files.
+    """
+
+    records_dir: str = config_fields.field("", _nonempty)
+    tokenizer_dir: str = config_fields.field("", _nonempty)
+    split: str = config_fields.field("train", _nonempty)
+    global_batch_size: int = config_fields.field(16, config_fields.at_least(1))
+    buckets: tuple[tuple[int, int], ...] = config_fields.field(  # (height, width), multiples of patch * merge
+        ((224, 224),), lambda b: None if b else "needs at least one (height, width) bucket")
+    max_prompt_len: int = config_fields.field(192, config_fields.at_least(1))
+    max_target_len: int = config_fields.field(64, config_fields.at_least(1))
     seed: int = 0
     shuffle: bool = True
-    num_epochs: int | None = None  # None: repeat forever
+    num_epochs: int | None = config_fields.field(None, config_fields.at_least(1))  # None: repeat forever
     drop_remainder: bool = True  # False pads the last batch (example_mask 0) for evaluation
-    worker_count: int = 0  # grain worker processes (need a __main__ guard and parsed absl flags)
-    patch: patches.PatchConfig = patches.PatchConfig()
-    prompt: prompts.PromptConfig = prompts.PromptConfig()
+    worker_count: int = config_fields.field(0, config_fields.at_least(0))  # grain worker processes (need a
+    # __main__ guard and parsed absl flags)
+    patch: patches.PatchConfig = config_fields.field(patches.PatchConfig())
+    prompt: prompts.PromptConfig = config_fields.field(prompts.PromptConfig())
+
+    def __post_init__(self):
+        config_fields.check(self)
+        for bucket in self.buckets:
+            if any(side < 1 or side % self.patch.factor for side in bucket):
+                raise config_fields.ConfigError("PipelineConfig.buckets", f"{bucket}: sides must be positive "
+                                                f"multiples of patch_size x merge_size = {self.patch.factor}")
 
 
 @dataclasses.dataclass
@@ -184,20 +203,13 @@ class Collate:
         return batch
 
 
-def check_config(config: PipelineConfig, tokenizer: tokenizer_lib.Tokenizer | None = None) -> dict:
-    """Validate buckets and lengths up front; returns {bucket: prompt length in tokens}.
-
-    Every bucket side must be a multiple of patch_size * merge_size and every
-    bucket's prompt must fit ``max_prompt_len``.
-    """
+def check_prompt_lengths(config: PipelineConfig, tokenizer: tokenizer_lib.Tokenizer | None = None) -> dict:
+    """Check up front that every bucket's prompt fits ``max_prompt_len``; returns {bucket: prompt tokens}."""
     collate = Collate(config, 1)
     if tokenizer is not None:
         collate._tokenizer = tokenizer
     lengths = {}
     for bucket in config.buckets:
-        height, width = bucket
-        if height % config.patch.factor or width % config.patch.factor:
-            raise ValueError(f"bucket {bucket} sides must be multiples of {config.patch.factor}")
         lengths[tuple(bucket)] = len(collate.prompt_ids(tuple(bucket)))
         if lengths[tuple(bucket)] > config.max_prompt_len:
             raise ValueError(f"bucket {bucket} needs a {lengths[tuple(bucket)]}-token prompt; "
@@ -293,20 +305,10 @@ class GeoBatchIterator:
         self.grain_iterator.set_state(state)
 
 
-def config_from_dict(values) -> PipelineConfig:
-    """A PipelineConfig from a dict / ml_collections ConfigDict; unknown keys are ignored."""
-    values = dict(values.to_dict() if hasattr(values, "to_dict") else values)
-    fields = {f.name for f in dataclasses.fields(PipelineConfig)}
-    kwargs = {k: v for k, v in values.items() if k in fields}
-    if "buckets" in kwargs:
-        kwargs["buckets"] = tuple(tuple(int(v) for v in b) for b in kwargs["buckets"])
-    return PipelineConfig(**kwargs)
-
-
 def make_iterator(config: PipelineConfig, mesh=None, state: bytes | None = None,
                   batch_axes: Sequence[str] | None = None) -> GeoBatchIterator:
     """Build the batch iterator, checking the config first; resume from ``state`` if given."""
-    check_config(config)
+    check_prompt_lengths(config)
     iterator = GeoBatchIterator(config, mesh, batch_axes)
     if state is not None:
         iterator.set_state(state)

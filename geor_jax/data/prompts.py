@@ -11,6 +11,8 @@ tokenizer and with the small demo tokenizer.
 
 import dataclasses
 
+from geor_jax import config_fields
+
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
 VISION_START = "<|vision_start|>"
@@ -36,8 +38,11 @@ DEFAULT_INSTRUCTION = (
 class PromptConfig:
     """What the user turn says; ``system=None`` drops the system turn."""
 
-    instruction: str = DEFAULT_INSTRUCTION
+    instruction: str = config_fields.field(DEFAULT_INSTRUCTION, lambda v: None if v.strip() else "must not be empty")
     system: str | None = DEFAULT_SYSTEM
+
+    def __post_init__(self):
+        config_fields.check(self)
 
 
 def image_span(num_image_tokens: int) -> str:
