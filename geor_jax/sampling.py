@@ -58,9 +58,12 @@ class SamplingConfig:
       part of the completion and of its mask), e.g. ``SpecialTokenIds.eos``.
     pad_id: written after a row's end.
     suppress_tokens: never sampled (logit -inf before temperature / top-k /
-      top-p). ``sample_groups`` always adds the model's image and video
-      placeholder ids: a completion holding one could not be teacher-forced,
-      the forward pass would read it as an image slot.
+      top-p).
+    suppress_placeholders: ``sample_groups`` also suppresses the model's image
+      and video placeholder ids (on by default): a completion holding one
+      could not be teacher-forced, the forward pass would read it as an image
+      slot. Greedy output equals transformers ``generate`` given the same
+      suppressed ids.
     max_cache_len: if set, prompt length + max_new_tokens must fit in it
       (e.g. the model's context length).
     """
@@ -73,6 +76,7 @@ class SamplingConfig:
     stop_tokens: tuple[int, ...] = ()
     pad_id: int = 0
     suppress_tokens: tuple[int, ...] = ()
+    suppress_placeholders: bool = True
     max_cache_len: int | None = None
 
     def validate(self, vocab_size: int) -> None:
@@ -421,8 +425,9 @@ def sample_groups(
     config, mesh); the sampling key and the weights are ordinary arguments.
     """
     validate_inputs(model, prompt_tokens, prompt_mask, pixel_values, image_grid_thw, group_size, config)
-    placeholders = {model.config.image_token_id, model.config.video_token_id}
-    config = dataclasses.replace(config, suppress_tokens=tuple(sorted(set(config.suppress_tokens) | placeholders)))
+    if config.suppress_placeholders:
+        placeholders = {model.config.image_token_id, model.config.video_token_id}
+        config = dataclasses.replace(config, suppress_tokens=tuple(sorted(set(config.suppress_tokens) | placeholders)))
     max_len = prompt_tokens.shape[1] + config.max_new_tokens
     graphdef, state = nnx.split(model)  # once for both jits (prefill_groups would split again)
     cache, logits = _prefill(graphdef, state, prompt_tokens, prompt_mask, pixel_values,

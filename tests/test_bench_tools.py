@@ -69,7 +69,6 @@ def test_decode_weight_shapes_cover_every_matmul_weight_a_step_reads(tie_word_em
     assert len(shapes) == len(kernels) + 1
     assert sum(k * n for k, n in shapes) == sum(math.prod(s) for s in kernels) + math.prod(head)
     assert shapes[-1] == (config.text.hidden_size, config.text.vocab_size)
-    assert common.weight_matmul_time(config.text, rows=4, dtype=jnp.float32, repeats=1, steps=2) > 0
 
 
 def _plan(devices: int):

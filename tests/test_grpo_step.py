@@ -2,6 +2,7 @@
 
 import contextlib
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +17,6 @@ from geor_jax import checkpoint, geo, grpo, logprobs, sharding, train_state
 G = 3
 SGD = optax.sgd(1.0)  # param differences = gradient differences
 CONFIG = grpo.GRPOConfig(group_size=G, beta=0.04, temperature=0.9)
-GRAPHDEF = train_state.create_train_state(tiny_policy.model(), SGD, jax.random.key(0))[0]
 
 
 def fresh_state():
@@ -37,9 +37,31 @@ def make_rollout(seed=0):
     return grpo.Rollout(prompts, completions, mask, jnp.float32(old_logp), advantages, jnp.float32(ref_logp))
 
 
-ROLLOUT = make_rollout()
-WHOLE_STEP = grpo.make_grpo_step(GRAPHDEF, SGD, CONFIG)
-WHOLE, WHOLE_METRICS = WHOLE_STEP(fresh_state(), ROLLOUT)
+# Module-scoped fixtures, built on first use (not at import): the model
+# structure, one rollout, one jitted step per config (the tests share its
+# compile) and the default config's step.
+
+
+@pytest.fixture(scope="module")
+def graphdef():
+    return train_state.create_train_state(tiny_policy.model(), SGD, jax.random.key(0))[0]
+
+
+@pytest.fixture(scope="module")
+def rollout():
+    return make_rollout()
+
+
+@pytest.fixture(scope="module")
+def step_for(graphdef):
+    """``step_for(config)``: the jitted SGD step of ``config``, built once per config."""
+    return functools.cache(lambda config: grpo.make_grpo_step(graphdef, SGD, config))
+
+
+@pytest.fixture(scope="module")
+def whole(step_for, rollout):
+    """(state, metrics) after one default-config step from the fresh state."""
+    return step_for(CONFIG)(fresh_state(), rollout)
 
 
 def assert_params_close(a, b, atol=2e-5):
@@ -47,52 +69,54 @@ def assert_params_close(a, b, atol=2e-5):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol)
 
 
-def test_loss_is_grpo_loss_of_the_policy_logprobs():
+def test_loss_is_grpo_loss_of_the_policy_logprobs(rollout, whole):
+    state, step_metrics = whole
     logp = logprobs.continuation_logprobs(
-        tiny_policy.model(), ROLLOUT.prompts, ROLLOUT.completions, ROLLOUT.completion_mask, group_size=G,
+        tiny_policy.model(), rollout.prompts, rollout.completions, rollout.completion_mask, group_size=G,
         temperature=CONFIG.temperature,
     )
     expected, metrics = grpo.grpo_loss(
-        logp, ROLLOUT.old_logp, ROLLOUT.ref_logp, ROLLOUT.advantages, ROLLOUT.completion_mask, beta=CONFIG.beta
+        logp, rollout.old_logp, rollout.ref_logp, rollout.advantages, rollout.completion_mask, beta=CONFIG.beta
     )
-    assert float(WHOLE_METRICS["loss"]) == pytest.approx(float(expected), rel=1e-5)
-    assert float(WHOLE_METRICS["kl"]) == pytest.approx(float(metrics["kl"]), rel=1e-4)
-    assert 0 < float(WHOLE_METRICS["clip_fraction"]) < 1
-    assert float(WHOLE_METRICS["completion_length"]) == float(ROLLOUT.completion_mask.sum()) / (2 * G)
-    assert int(WHOLE.step) == 1
+    assert float(step_metrics["loss"]) == pytest.approx(float(expected), rel=1e-5)
+    assert float(step_metrics["kl"]) == pytest.approx(float(metrics["kl"]), rel=1e-4)
+    assert 0 < float(step_metrics["clip_fraction"]) < 1
+    assert float(step_metrics["completion_length"]) == float(rollout.completion_mask.sum()) / (2 * G)
+    assert int(state.step) == 1
 
 
-def test_micro_batches_give_the_same_update():
+def test_micro_batches_give_the_same_update(step_for, rollout, whole):
     config = dataclasses.replace(CONFIG, num_micro_batches=2)
-    micro, metrics = grpo.make_grpo_step(GRAPHDEF, SGD, config)(fresh_state(), ROLLOUT)
-    assert float(metrics["loss"]) == pytest.approx(float(WHOLE_METRICS["loss"]), rel=1e-5)
-    assert_params_close(micro, WHOLE)
+    micro, metrics = step_for(config)(fresh_state(), rollout)
+    assert float(metrics["loss"]) == pytest.approx(float(whole[1]["loss"]), rel=1e-5)
+    assert_params_close(micro, whole[0])
 
 
-def test_shared_prompt_update_equals_full_forwards():
+def test_shared_prompt_update_equals_full_forwards(step_for, rollout, whole):
     config = dataclasses.replace(CONFIG, shared_prompt=False)
-    full, metrics = grpo.make_grpo_step(GRAPHDEF, SGD, config)(fresh_state(), ROLLOUT)
-    assert float(metrics["loss"]) == pytest.approx(float(WHOLE_METRICS["loss"]), rel=1e-5)
-    assert_params_close(full, WHOLE)
+    full, metrics = step_for(config)(fresh_state(), rollout)
+    assert float(metrics["loss"]) == pytest.approx(float(whole[1]["loss"]), rel=1e-5)
+    assert_params_close(full, whole[0])
 
 
-def test_reference_logprobs_and_beta_zero():
-    reference = grpo.make_reference_logprobs(GRAPHDEF, CONFIG)
+def test_reference_logprobs_and_beta_zero(graphdef, step_for, rollout):
+    step = step_for(CONFIG)
+    reference = grpo.make_reference_logprobs(graphdef, CONFIG)
     state = fresh_state()
     ref_params = grpo.reference_params(state.params, CONFIG)
     assert grpo.reference_params(state.params, dataclasses.replace(CONFIG, beta=0.0)) is None
-    WHOLE_STEP(state, ROLLOUT)  # donates state's buffers; the reference copy survives
-    ref = reference(ref_params, ROLLOUT.prompts, ROLLOUT.completions, ROLLOUT.completion_mask)
-    on_policy = dataclasses.replace(ROLLOUT, old_logp=ref, ref_logp=ref)
+    step(state, rollout)  # donates state's buffers; the reference copy survives
+    ref = reference(ref_params, rollout.prompts, rollout.completions, rollout.completion_mask)
+    on_policy = dataclasses.replace(rollout, old_logp=ref, ref_logp=ref)
     # Reference = policy = sampler: ratio 1, KL 0, loss = -mean advantage per token.
-    _, metrics = WHOLE_STEP(fresh_state(), on_policy)
+    _, metrics = step(fresh_state(), on_policy)
     assert float(metrics["kl"]) == pytest.approx(0.0, abs=1e-6)
     assert float(metrics["ratio_mean"]) == pytest.approx(1.0, abs=1e-5)
     no_kl = dataclasses.replace(CONFIG, beta=0.0)
-    _, metrics = grpo.make_grpo_step(GRAPHDEF, SGD, no_kl)(fresh_state(), dataclasses.replace(on_policy, ref_logp=None))
+    _, metrics = step_for(no_kl)(fresh_state(), dataclasses.replace(on_policy, ref_logp=None))
     assert "kl" not in metrics and np.isfinite(float(metrics["loss"]))
     with pytest.raises(ValueError, match="ref_logp"):
-        WHOLE_STEP(fresh_state(), dataclasses.replace(ROLLOUT, ref_logp=None))
+        step(fresh_state(), dataclasses.replace(rollout, ref_logp=None))
 
 
 def test_config_errors():
@@ -152,29 +176,30 @@ def on_mesh(rollout, mesh):
     )
 
 
-def test_sharded_step_equals_single_device():
+def test_sharded_step_equals_single_device(step_for, rollout, whole):
     mesh = sharding.make_mesh(fsdp=2, tensor=4)
     _, state = train_state.create_train_state(tiny_policy.model(), SGD, jax.random.key(0), mesh)
     with jax.set_mesh(mesh):
-        sharded, metrics = WHOLE_STEP(state, on_mesh(ROLLOUT, mesh))
-    assert float(metrics["loss"]) == pytest.approx(float(WHOLE_METRICS["loss"]), rel=1e-5)
-    assert_params_close(sharded, WHOLE)
+        sharded, metrics = step_for(CONFIG)(state, on_mesh(rollout, mesh))
+    assert float(metrics["loss"]) == pytest.approx(float(whole[1]["loss"]), rel=1e-5)
+    assert_params_close(sharded, whole[0])
 
 
-def test_second_pass_on_one_rollout_is_off_policy():
+def test_second_pass_on_one_rollout_is_off_policy(step_for, rollout):
     """Several optimisation passes reuse the rollout's old_logp: after one update the ratio moves off 1."""
-    on_policy = dataclasses.replace(ROLLOUT, old_logp=logprobs.continuation_logprobs(
-        tiny_policy.model(), ROLLOUT.prompts, ROLLOUT.completions, ROLLOUT.completion_mask, group_size=G,
+    on_policy = dataclasses.replace(rollout, old_logp=logprobs.continuation_logprobs(
+        tiny_policy.model(), rollout.prompts, rollout.completions, rollout.completion_mask, group_size=G,
         temperature=CONFIG.temperature))
-    state, first = WHOLE_STEP(fresh_state(), on_policy)
-    state, second = WHOLE_STEP(state, on_policy)
+    step = step_for(CONFIG)
+    state, first = step(fresh_state(), on_policy)
+    state, second = step(state, on_policy)
     assert float(first["ratio_mean"]) == pytest.approx(1.0, abs=1e-5)
     assert abs(float(second["ratio_mean"]) - 1.0) > 1e-3
     assert int(state.step) == 2
 
 
 @pytest.mark.parametrize("mesh_shape", [None, (2, 4)], ids=["no_mesh", "mesh_2x4"])
-def test_step_compiles_once_across_steps_and_a_restore(tmp_path, mesh_shape):
+def test_step_compiles_once_across_steps_and_a_restore(tmp_path, mesh_shape, graphdef, rollout):
     """Fresh, stepped and restored states place every leaf alike (AdamW's
     counters and moments included), so the step compiles once."""
     mesh = mesh_shape and sharding.make_mesh(fsdp=mesh_shape[0], tensor=mesh_shape[1])
@@ -182,8 +207,8 @@ def test_step_compiles_once_across_steps_and_a_restore(tmp_path, mesh_shape):
     _, state = train_state.create_train_state(tiny_policy.model(), optimizer, jax.random.key(0), mesh)
     fresh = compile_counter.placements(state)
     abstract = jax.eval_shape(lambda: state)  # what train_loop.setup restores onto
-    rollout = ROLLOUT if mesh is None else on_mesh(ROLLOUT, mesh)
-    step = grpo.make_grpo_step(GRAPHDEF, optimizer, CONFIG)
+    rollout = rollout if mesh is None else on_mesh(rollout, mesh)
+    step = grpo.make_grpo_step(graphdef, optimizer, CONFIG)
     ckpt = checkpoint.Checkpointer(str(tmp_path), save_every=1, async_save=False)
     with compile_counter.count_compiles(step) as compiles, jax.set_mesh(mesh) if mesh else contextlib.nullcontext():
         for _ in range(3):

@@ -2,6 +2,7 @@
 statistics, the log-prob convention, stops, errors and sharding."""
 
 import contextlib
+import dataclasses
 import functools
 
 import jax
@@ -72,7 +73,9 @@ def test_greedy_matches_transformers_generate(hf, batch, greedy):
             pixel_values=torch.tensor(pix), image_grid_thw=torch.tensor(GRIDS),
             mm_token_type_ids=torch.tensor((ids == IMAGE_TOKEN).astype(np.int64)),
             do_sample=False, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, pad_token_id=0,
-            suppress_tokens=[IMAGE_TOKEN, IMAGE_TOKEN + 1],  # the sampler never emits image/video placeholders
+            # README's condition for parity: generate suppresses the ids the sampler does, here (the default
+            # suppress_placeholders) the image and video placeholders.
+            suppress_tokens=[hf.config.image_token_id, hf.config.video_token_id],
         )
     expected = out[:, ids.shape[1]:].numpy()
     tokens = np.asarray(greedy.tokens)
@@ -80,6 +83,19 @@ def test_greedy_matches_transformers_generate(hf, batch, greedy):
     for g in range(GROUP):
         np.testing.assert_array_equal(tokens[g::GROUP], expected)
     assert np.all(np.asarray(greedy.lengths) == NEW_TOKENS) and np.all(np.asarray(greedy.mask) == 1)
+
+
+def test_placeholders_are_suppressed_unless_the_option_is_off(model, batch):
+    """Everything but the two placeholders and one text token suppressed, drawn near-uniformly (temperature
+    10): with ``suppress_placeholders`` off the placeholders are drawn, with it on (the default) never."""
+    placeholders = (model.config.image_token_id, model.config.video_token_id)
+    text_token = 5
+    others = tuple(i for i in range(model.config.text.vocab_size) if i not in (*placeholders, text_token))
+    on = sampling.SamplingConfig(max_new_tokens=NEW_TOKENS, temperature=10.0, suppress_tokens=others)
+    assert on.suppress_placeholders
+    np.testing.assert_array_equal(np.asarray(run(model, batch, on).tokens), text_token)
+    drawn = np.asarray(run(model, batch, dataclasses.replace(on, suppress_placeholders=False)).tokens)
+    assert np.isin(drawn, placeholders).any() and np.isin(drawn, (*placeholders, text_token)).all()
 
 
 def test_shared_prefill_matches_prefilling_every_copy(model, batch):

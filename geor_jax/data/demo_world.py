@@ -183,7 +183,7 @@ def make_demo_world(out_dir: str, num_images: int = 300, seed: int = 0, height: 
     """Write ``num_images`` demo photos as JPEGs plus a generic-layout ``images.csv``; returns the CSV path.
 
     Columns: ``id,image_path,lat,lon`` (image paths relative to ``out_dir``).
-    Deterministic for a given ``seed``; a few hundred images take about a second.
+    Deterministic for a given ``seed``. Build time: ``tools/bench/demo_world.py``.
     """
     unknown = [cc for cc in countries if cc not in DEMO_COUNTRIES]
     if unknown:
