@@ -191,8 +191,18 @@ def check(instance) -> None:
 # --- Sections -----------------------------------------------------------------------------------------
 
 
+def _is_pairs(annotation) -> bool:
+    """Whether ``annotation`` is ``tuple[tuple[str, X], ...]`` (keyword arguments as pairs)."""
+    args = typing.get_args(annotation)
+    return (typing.get_origin(annotation) is tuple and len(args) == 2 and args[1] is Ellipsis
+            and typing.get_origin(args[0]) is tuple and typing.get_args(args[0])[:1] == (str,))
+
+
 def _section_value(value: Any, annotation: Any):
-    """A field's default as a ConfigDict entry; None becomes a typed placeholder the command line can set."""
+    """A field's default as a ConfigDict entry: (name, value) pairs become a dict, None a typed
+    placeholder the command line can set."""
+    if _is_pairs(annotation):
+        return dict(value)
     if value is None:
         options = [a for a in typing.get_args(annotation) if a is not type(None)]
         base = typing.get_origin(options[0]) or options[0] if options else object

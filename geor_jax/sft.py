@@ -14,7 +14,7 @@ import optax
 from flax import nnx
 
 from geor_jax import config_fields, logprobs, train_state
-from geor_jax.logprobs import Prompts
+from geor_jax.rollout import Prompts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +68,7 @@ def make_sft_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformatio
         mask = jnp.asarray(target_mask, jnp.float32)
         weights = mask / jnp.maximum(mask.sum(), 1.0)
         micro = (
-            logprobs.split_prompts(prompts, num_micro_batches),
+            prompts.split(num_micro_batches),
             *train_state.split_micro_batches((targets, target_mask, weights), num_micro_batches),
         )
         loss, grads, metrics = train_state.accumulate_gradients(loss_fn, state.params, micro)

@@ -29,7 +29,7 @@ import zlib
 import jax
 import numpy as np
 
-from geor_jax import rewards, sampling, train_loop
+from geor_jax import evaluate, rewards, sampling
 from geor_jax.data import pipeline
 
 LOG = os.environ["PROBE_LOG"]
@@ -72,7 +72,7 @@ def wait_for_checkpoint(timeout_s: float = 300) -> None:
 
 
 evaluating = False
-evaluate_policy = train_loop.evaluate_policy
+evaluate_policy = evaluate.evaluate_policy
 
 
 def probed_evaluate_policy(*args, **kwargs):
@@ -87,10 +87,10 @@ def probed_evaluate_policy(*args, **kwargs):
 sample_groups = sampling.sample_groups
 
 
-def probed_sample_groups(model, prompt_tokens, prompt_mask, key, *args, **kwargs):
+def probed_sample_groups(model, prompts, key, *args, **kwargs):
     if not evaluating:
         record(key=np.asarray(jax.random.key_data(key)).tolist())
-    return sample_groups(model, prompt_tokens, prompt_mask, key, *args, **kwargs)
+    return sample_groups(model, prompts, key, *args, **kwargs)
 
 
 score_completions = rewards.score_completions
@@ -112,7 +112,7 @@ def probed_score(texts, true_lat, true_lon, *args, **kwargs):
 
 
 pipeline.GeoBatchIterator.__next__ = probed_next
-train_loop.evaluate_policy = probed_evaluate_policy
+evaluate.evaluate_policy = probed_evaluate_policy
 sampling.sample_groups = probed_sample_groups
 rewards.score_completions = probed_score
 

@@ -209,30 +209,27 @@ def test_grpo_learns_from_its_own_rows_and_resumes_exactly_after_sigkill(data, t
     result = subprocess.run([sys.executable, "launch/train.py", f"--workdir={straight_dir}", *args,
                              "--config.train.num_steps=5"], cwd=ROOT, capture_output=True, text=True,
                             timeout=900, env=environment())
-    assert result.returncode != 0 and "is not the policy this run started from" in result.stderr
+    assert result.returncode == 2 and "--config.model.init_from" in result.stderr
+    assert "is not the policy this run started from" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_load_policy_checks_the_checkpoint_against_the_tokenizer(data, tmp_path):
-    """``train_loop.load_policy``: the evaluation entry points' loader keeps the weights and refuses a
-    checkpoint whose image token differs from the config's tokenizer."""
-    import importlib.util
-
-    from geor_jax import sharding, train_loop
+    """``run.build.load_policy``: the evaluation entry points' loader keeps the weights and refuses a
+    checkpoint whose image token differs from the tokenizer's."""
+    from geor_jax import sharding
     from geor_jax.models import qwen2_5_vl as qvl
+    from geor_jax.run import build
 
-    spec = importlib.util.spec_from_file_location("demo_config", ROOT / "configs" / "demo.py")
-    demo_config = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo_config)
-    config = demo_config.get_config("sft")
-    config.data.tokenizer_dir = str(data[0] / "tok")
-    tok = tokenizer_lib.load_tokenizer(config.data.tokenizer_dir)
-    mesh = sharding.make_mesh(**config.mesh)  # fsdp over the 8 test devices
+    tokenizer_dir = str(data[0] / "tok")
+    tok = tokenizer_lib.load_tokenizer(tokenizer_dir)
+    mesh = sharding.make_mesh(fsdp=-1)  # fsdp over the 8 test devices
+    config = build.ModelConfig(dtype="float32", remat=False, scan_layers=False)
     good = qvl.load_hf_checkpoint(save_tiny_policy(data, tmp_path / "good"))
-    loaded, tokenizer = train_loop.load_policy(config, str(tmp_path / "good"), mesh)
+    loaded, tokenizer = build.load_policy(config, str(tmp_path / "good"), tokenizer_dir, mesh)
     assert tokenizer.vocab_size == tok.vocab_size
     np.testing.assert_array_equal(np.asarray(loaded.text.embed_tokens[...]), np.asarray(good.text.embed_tokens[...]))
     assert loaded.config == good.config
 
     save_tiny_policy(data, tmp_path / "bad", image_token_id=5)
-    with pytest.raises(ValueError, match="does not match tokenizer"):
-        train_loop.load_policy(config, str(tmp_path / "bad"), mesh)
+    with pytest.raises(ValueError, match="--config.model.init_from: .* does not match tokenizer"):
+        build.load_policy(config, str(tmp_path / "bad"), tokenizer_dir, mesh)

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 
 import tiny_policy
-from geor_jax import logprobs, sft, train_state
+from geor_jax import sft, train_state
 from geor_jax.data import demo_world, pipeline
 from geor_jax.data import tokenizer as tokenizer_lib
 
@@ -26,8 +26,7 @@ def test_sft_loss_falls_on_demo_records(tmp_path):
     losses = []
     for batch, _ in zip(pipeline.make_iterator(config), range(30)):
         a = batch.arrays
-        prompts = logprobs.Prompts(a["prompt_tokens"], a["prompt_mask"], a["pixel_values"], (batch.grid_thw,) * 4)
-        state, metrics = step(state, prompts, a["target_tokens"], a["target_mask"])
+        state, metrics = step(state, batch.prompts(), a["target_tokens"], a["target_mask"])
         losses.append(float(metrics["loss"]))
     first, last = np.mean(losses[:3]), np.mean(losses[-3:])
     # From ~ln(1024) = 6.9 nats per token at random towards the CoR answers' structure.

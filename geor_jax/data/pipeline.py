@@ -17,12 +17,7 @@ patch**2 = 1176)::
       prompt_mask     int32   (B, P)    1 on real prompt tokens
       target_tokens   int32   (B, T)    CoR answer + <|im_end|>, RIGHT-padded
       target_mask     int32   (B, T)    1 on real target tokens (incl. <|im_end|>)
-      tokens          int32   (B, P+T)  prompt_tokens ++ target_tokens (teacher forcing)
-      attention_mask  int32   (B, P+T)  prompt_mask ++ target_mask
-      loss_mask       int32   (B, P+T)  0 on the prompt, target_mask on the target:
-                                        loss on logits[:, t-1] predicting tokens[:, t]
       pixel_values    float32 (B*N, D)  image i's patches are rows [i*N, (i+1)*N)
-      image_grid_thw  int32   (B, 3)    every row equals ``Batch.grid_thw``
       lat, lon        float32 (B,)      ground truth, degrees (rounded: JAX runs without x64)
       example_mask    int32   (B,)      0 on padding examples (only a last eval batch)
     grid_thw          tuple (1, H/14, W/14), the batch's bucket: static, hashable
@@ -35,7 +30,7 @@ grid_w / merge_size**2 ``<|image_pad|>`` + ``<|vision_end|>``. Because prompts
 are left-padded, real tokens of all prompts end at column P-1, so generation
 appends at the same column for every row; positions (M-RoPE's 3-D ones
 included) must be computed over attended tokens only, as transformers'
-``get_rope_index`` does with ``attention_mask``, never from the column index.
+``get_rope_index`` does with the attention mask, never from the column index.
 """
 
 import dataclasses
@@ -48,17 +43,14 @@ import numpy as np
 import PIL.Image
 
 from geor_jax import config_fields
+from geor_jax.rollout import Prompts
 from geor_jax.data import builder, patches, prompts
 from geor_jax.data import tokenizer as tokenizer_lib
 
-DEVICE_KEYS = ("prompt_tokens", "prompt_mask", "target_tokens", "target_mask", "tokens", "attention_mask",
-               "loss_mask", "pixel_values", "image_grid_thw", "lat", "lon", "example_mask")
+DEVICE_KEYS = ("prompt_tokens", "prompt_mask", "target_tokens", "target_mask", "pixel_values", "lat", "lon",
+               "example_mask")
 HOST_KEYS = ("id", "country", "country_code", "state", "city", "answer")
 COORDINATE_KEYS = ("lat", "lon")  # float64 in host batches and Batch.host; float32 on devices
-
-
-def _nonempty(value: str) -> str | None:
-    return None if value else "must be set"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,9 +62,9 @@ class PipelineConfig:
     evaluation pipeline, not by config files.
     """
 
-    records_dir: str = config_fields.field("", _nonempty)
-    tokenizer_dir: str = config_fields.field("", _nonempty)
-    split: str = config_fields.field("train", _nonempty)
+    records_dir: str = ""  # both must be set to read (the run config checks it up front)
+    tokenizer_dir: str = ""
+    split: str = "train"
     global_batch_size: int = config_fields.field(16, config_fields.at_least(1))
     buckets: tuple[tuple[int, int], ...] = config_fields.field(  # (height, width), multiples of patch * merge
         ((224, 224),), lambda b: None if b else "needs at least one (height, width) bucket")
@@ -102,6 +94,12 @@ class Batch:
     arrays: dict
     grid_thw: tuple[int, int, int]
     host: dict[str, np.ndarray]
+
+    def prompts(self) -> Prompts:
+        """The batch's image prompts (one image each, all of the batch's grid)."""
+        a = self.arrays
+        return Prompts(a["prompt_tokens"], a["prompt_mask"], a["pixel_values"],
+                       (self.grid_thw,) * a["prompt_tokens"].shape[0])
 
 
 class DecodeRecord(grain.MapTransform):
@@ -189,9 +187,6 @@ class Collate:
             "prompt_mask": prompt_mask,
             "target_tokens": target_tokens,
             "target_mask": target_mask,
-            "tokens": np.concatenate([prompt_tokens, target_tokens], axis=1),
-            "attention_mask": np.concatenate([prompt_mask, target_mask], axis=1),
-            "loss_mask": np.concatenate([np.zeros_like(prompt_mask), target_mask], axis=1),
             "pixel_values": np.concatenate(pixel_values, axis=0),
             "image_grid_thw": np.tile(np.asarray(grid, np.int32), (batch_size, 1)),
             "lat": np.asarray([e["lat"] for e in examples], np.float64),

@@ -26,7 +26,9 @@ def _fail(error: Exception) -> None:
 def _parse_flags(argv: list[str]) -> list[str]:
     try:
         return flags.FLAGS(argv)
-    except flags.Error as error:
+    # ml_collections' config flags raise KeyError / AttributeError / TypeError / ValueError for a bad
+    # ``--config.x=...`` (unknown key, wrong type): while parsing, every one of them is a usage error.
+    except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as error:
         _fail(error)
 
 

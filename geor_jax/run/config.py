@@ -38,7 +38,8 @@ from geor_jax.run.loop import TrainConfig
 
 STAGES = ("sft", "grpo")
 
-# Qwen2.5-VL-3B's text tower (the 7B's is ``qvl.TextConfig``'s default, as its vision tower is VisionConfig's).
+# The text towers of Qwen2.5-VL-7B (``qvl.TextConfig``'s defaults) and -3B; both share VisionConfig's defaults.
+QWEN2_5_VL_7B_TEXT = {k: v for k, v in dataclasses.asdict(qvl.TextConfig()).items() if k != "vocab_size"}
 QWEN2_5_VL_3B_TEXT = dict(hidden_size=2048, intermediate_size=11008, num_layers=36, num_heads=16, num_kv_heads=2,
                           rope_theta=1e6, mrope_section=(16, 24, 24), tie_word_embeddings=True)
 
