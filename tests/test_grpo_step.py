@@ -15,6 +15,7 @@ from flax import nnx
 import compile_counter
 import tiny_policy
 from geor_jax import checkpoint, geo, grpo, logprobs, sharding, train_state
+from geor_jax.rollout import Prompts, Rollout
 
 G = 3
 SGD = optax.sgd(1.0)  # param differences = gradient differences
@@ -36,7 +37,7 @@ def make_rollout(seed=0):
     ref_logp = policy_logp + 0.2 * rng.normal(size=policy_logp.shape)
     rewards = jnp.asarray(rng.uniform(size=2 * G), jnp.float32)
     advantages, _ = grpo.group_advantages(rewards, G)
-    return grpo.Rollout(prompts, completions, mask, jnp.float32(old_logp), advantages, jnp.float32(ref_logp))
+    return Rollout(prompts, completions, mask, jnp.float32(old_logp), advantages, jnp.float32(ref_logp))
 
 
 # Module-scoped fixtures, built on first use (not at import): the model
@@ -79,7 +80,7 @@ def loss_settings(config: grpo.GRPOConfig) -> dict:
 
 def rollout_for(rollout, config: grpo.GRPOConfig):
     """``rollout`` as a run of ``config`` builds it: no reference log-probs when beta == 0."""
-    return rollout if config.beta else dataclasses.replace(rollout, ref_logp=None)
+    return rollout if config.beta else dataclasses.replace(rollout, ref_logprobs=None)
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +91,7 @@ def policy(graphdef, rollout):
 
     def policy_logp(params):
         return logprobs.continuation_logprobs(
-            nnx.merge(graphdef, params), rollout.prompts, rollout.completions, rollout.completion_mask,
+            nnx.merge(graphdef, params), rollout.prompts, rollout.tokens, rollout.mask,
             group_size=G, temperature=CONFIG.temperature,
         )
 
@@ -99,15 +100,15 @@ def policy(graphdef, rollout):
         logp, pullback = jax.vjp(policy_logp, params)
         return logp, pullback(cotangent)[0]
 
-    logp, _ = logp_and_pullback(params, jnp.zeros(rollout.completions.shape, jnp.float32))
+    logp, _ = logp_and_pullback(params, jnp.zeros(rollout.tokens.shape, jnp.float32))
     return logp, lambda cotangent: logp_and_pullback(params, cotangent)[1]
 
 
 def direct_loss(logp, rollout, config: grpo.GRPOConfig, rows=slice(None)):
     """``grpo_loss`` of the rollout's ``rows`` under ``config``'s settings, and its diagnostics."""
     r = rollout_for(rollout, config)
-    ref_logp = None if r.ref_logp is None else r.ref_logp[rows]
-    return grpo.grpo_loss(logp[rows], r.old_logp[rows], ref_logp, r.advantages[rows], r.completion_mask[rows],
+    ref_logp = None if r.ref_logprobs is None else r.ref_logprobs[rows]
+    return grpo.grpo_loss(logp[rows], r.logprobs[rows], ref_logp, r.advantages[rows], r.mask[rows],
                           **loss_settings(config))
 
 
@@ -146,7 +147,7 @@ def settings_dropped(config: grpo.GRPOConfig) -> dict[str, grpo.GRPOConfig]:
 
 def per_micro_batch_loss(logp, rollout, config: grpo.GRPOConfig) -> float:
     """The loss if each micro-batch were normalised on its own (not by the whole rollout's weights)."""
-    rows = rollout.completions.shape[0] // config.num_micro_batches
+    rows = rollout.tokens.shape[0] // config.num_micro_batches
     return sum(float(direct_loss(logp, rollout, config, slice(i * rows, (i + 1) * rows))[0])
                for i in range(config.num_micro_batches))
 
@@ -180,7 +181,7 @@ def test_step_is_grpo_loss_of_the_policy_logprobs_under_its_settings(settings, s
     update = jax.tree.map(jnp.subtract, before, state.params)
     assert max_difference(update, grads) <= GRAD_TOL * grad_scale
     assert int(state.step) == 1
-    assert float(step_metrics["completion_length"]) == float(rollout.completion_mask.sum()) / (2 * G)
+    assert float(step_metrics["completion_length"]) == float(rollout.mask.sum()) / (2 * G)
     assert ("kl" in step_metrics) == (config.beta != 0)
     if config.num_micro_batches == 1:  # with more, diagnostics are means of the micro-batches' token means
         for key in metrics:
@@ -194,17 +195,17 @@ def test_reference_logprobs_and_beta_zero(graphdef, step_for, rollout):
     ref_params = grpo.reference_params(state.params, CONFIG)
     assert grpo.reference_params(state.params, dataclasses.replace(CONFIG, beta=0.0)) is None
     step(state, rollout)  # donates state's buffers; the reference copy survives
-    ref = reference(ref_params, rollout.prompts, rollout.completions, rollout.completion_mask)
-    on_policy = dataclasses.replace(rollout, old_logp=ref, ref_logp=ref)
+    ref = reference(ref_params, rollout)
+    on_policy = dataclasses.replace(rollout, logprobs=ref, ref_logprobs=ref)
     # Reference = policy = sampler: ratio 1, KL 0, loss = -mean advantage per token.
     _, metrics = step(fresh_state(), on_policy)
     assert float(metrics["kl"]) == pytest.approx(0.0, abs=1e-6)
     assert float(metrics["ratio_mean"]) == pytest.approx(1.0, abs=1e-5)
     no_kl = dataclasses.replace(CONFIG, beta=0.0)
-    _, metrics = step_for(no_kl)(fresh_state(), dataclasses.replace(on_policy, ref_logp=None))
+    _, metrics = step_for(no_kl)(fresh_state(), dataclasses.replace(on_policy, ref_logprobs=None))
     assert "kl" not in metrics and np.isfinite(float(metrics["loss"]))
-    with pytest.raises(ValueError, match="ref_logp"):
-        step(fresh_state(), dataclasses.replace(rollout, ref_logp=None))
+    with pytest.raises(ValueError, match="ref_logprobs"):
+        step(fresh_state(), dataclasses.replace(rollout, ref_logprobs=None))
 
 
 def test_config_errors():
@@ -212,7 +213,7 @@ def test_config_errors():
         grpo.GRPOConfig(aggregation="sum")
     with pytest.raises(ValueError, match="temperature"):
         grpo.GRPOConfig(temperature=0.0)
-    with pytest.raises(ValueError, match="logits_chunk_size must be >= 0 .* got -64"):
+    with pytest.raises(ValueError, match="logits_chunk_size: must be >= 0, got -64"):
         grpo.GRPOConfig(logits_chunk_size=-64)
 
 
@@ -257,10 +258,10 @@ def on_mesh(rollout, mesh):
     """``rollout`` with every array's leading axis split over the mesh's data and fsdp axes."""
     put = lambda x: jax.device_put(x, sharding.batch_sharding(mesh, x.ndim))  # noqa: E731
     prompts = rollout.prompts
-    return grpo.Rollout(
-        logprobs.Prompts(put(prompts.tokens), put(prompts.mask), put(prompts.pixel_values), prompts.grids),
-        *(put(x) for x in (rollout.completions, rollout.completion_mask, rollout.old_logp, rollout.advantages,
-                           rollout.ref_logp)),
+    return Rollout(
+        Prompts(put(prompts.tokens), put(prompts.mask), put(prompts.pixel_values), prompts.grids),
+        *(put(x) for x in (rollout.tokens, rollout.mask, rollout.logprobs, rollout.advantages,
+                           rollout.ref_logprobs)),
     )
 
 
@@ -274,9 +275,9 @@ def test_sharded_step_equals_single_device(step_for, rollout, whole):
 
 
 def test_second_pass_on_one_rollout_is_off_policy(step_for, rollout):
-    """Several optimisation passes reuse the rollout's old_logp: after one update the ratio moves off 1."""
-    on_policy = dataclasses.replace(rollout, old_logp=logprobs.continuation_logprobs(
-        tiny_policy.model(), rollout.prompts, rollout.completions, rollout.completion_mask, group_size=G,
+    """Several optimisation passes reuse the rollout's (old) logprobs: after one update the ratio moves off 1."""
+    on_policy = dataclasses.replace(rollout, logprobs=logprobs.continuation_logprobs(
+        tiny_policy.model(), rollout.prompts, rollout.tokens, rollout.mask, group_size=G,
         temperature=CONFIG.temperature))
     step = step_for(CONFIG)
     state, first = step(fresh_state(), on_policy)
@@ -294,7 +295,7 @@ def test_step_compiles_once_across_steps_and_a_restore(tmp_path, mesh_shape, gra
     optimizer = train_state.OptimizerConfig(learning_rate=1e-3, total_steps=10).make()
     _, state = train_state.create_train_state(tiny_policy.model(), optimizer, jax.random.key(0), mesh)
     fresh = compile_counter.placements(state)
-    abstract = jax.eval_shape(lambda: state)  # what train_loop.setup restores onto
+    abstract = jax.eval_shape(lambda: state)  # what run.loop.setup restores onto
     rollout = rollout if mesh is None else on_mesh(rollout, mesh)
     step = grpo.make_grpo_step(graphdef, optimizer, CONFIG)
     ckpt = checkpoint.Checkpointer(str(tmp_path), save_every=1, async_save=False)
