@@ -26,7 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from flax import nnx
 from jax.experimental import multihost_utils
+
+from geor_jax.models import qwen2_5_vl as qvl
 
 _STATE, _DATA, _CHECKSUMS = "state", "data", "checksums"
 DAMAGED_DIR = "damaged"
@@ -208,8 +211,4 @@ def export_hf(graphdef, params, directory: str, dtype=None) -> None:
     (``train_state.create_train_state`` split them). ``dtype`` casts on
     write (e.g. bfloat16 for release); default keeps the params' dtype.
     """
-    from flax import nnx
-
-    from geor_jax.models import qwen2_5_vl as qvl
-
     qvl.save_hf_checkpoint(nnx.merge(graphdef, params), directory, dtype=dtype)

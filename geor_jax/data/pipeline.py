@@ -39,13 +39,15 @@ import logging
 from collections.abc import Sequence
 
 import grain.python as grain
+import jax
 import numpy as np
 import PIL.Image
+from jax.sharding import NamedSharding, PartitionSpec
 
 from geor_jax import config_fields
-from geor_jax.rollout import Prompts
 from geor_jax.data import builder, patches, prompts
 from geor_jax.data import tokenizer as tokenizer_lib
+from geor_jax.rollout import Prompts
 
 DEVICE_KEYS = ("prompt_tokens", "prompt_mask", "target_tokens", "target_mask", "pixel_values", "lat", "lon",
                "example_mask")
@@ -237,9 +239,6 @@ def to_global(host_batch: dict, mesh, batch_axes: Sequence[str] | None = None) -
     Works on one or many hosts (``jax.make_array_from_process_local_data``):
     each host passes its own slice; the global batch is all hosts' slices.
     """
-    import jax
-    from jax.sharding import NamedSharding, PartitionSpec
-
     axes = tuple(batch_axes) if batch_axes is not None else _batch_axes(mesh)
     sharding = NamedSharding(mesh, PartitionSpec(axes))
     arrays, grid_thw, host = _split(host_batch)
@@ -256,8 +255,6 @@ class GeoBatchIterator:
     """
 
     def __init__(self, config: PipelineConfig, mesh=None, batch_axes: Sequence[str] | None = None):
-        import jax
-
         self.config, self.mesh, self.batch_axes = config, mesh, batch_axes
         processes = jax.process_count()
         if config.global_batch_size % processes:

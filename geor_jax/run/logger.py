@@ -8,6 +8,7 @@ import os
 import time
 
 import jax
+from tensorboardX import SummaryWriter
 
 
 class MetricsLogger:
@@ -25,8 +26,6 @@ class MetricsLogger:
         self.writer = None
         self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
         if jax.process_index() == 0:
-            from tensorboardX import SummaryWriter
-
             if start_step:
                 _truncate_metrics(self.jsonl_path, start_step)
             self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"),
