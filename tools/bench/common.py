@@ -1,7 +1,8 @@
 """Shared pieces of the side-by-side benchmarks: the DESIGN.md bench config, timing, hardware peaks.
 
-Import this after setting ``XLA_FLAGS`` (``thread_flags``): it imports JAX.
-torch / transformers are imported only by the functions that need them, so a
+Call ``thread_flags`` before JAX starts its backend (the first computation or
+device query; importing JAX does not start it). torch / transformers (the
+``bench`` extra) are imported only by the functions that need them, so a
 JAX-only benchmark process never loads them.
 """
 
@@ -31,10 +32,11 @@ BENCH_TOKEN_IDS = dict(image_token_id=IMAGE_TOKEN, video_token_id=VIDEO_TOKEN, v
 
 
 def thread_flags(threads: int) -> None:
-    """Limit XLA CPU to ``threads`` threads; call before JAX starts a backend."""
+    """Run on CPU (unless ``JAX_PLATFORMS`` says otherwise) with ``threads`` threads; call before JAX starts a backend."""
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                + f" --xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads={threads}").strip()
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    if "JAX_PLATFORMS" not in os.environ:  # JAX read the variable when imported: set its config instead
+        jax.config.update("jax_platforms", "cpu")
 
 
 def bench_hf_model(token_ids: dict | None = None, bos_token_id: int = 1, eos_token_id: int = 2, seed: int = 0):
