@@ -21,6 +21,7 @@ import numpy as np
 from absl import app, flags
 
 from geor_jax.data import hard_mining
+from geor_jax.run import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("train", None, "CSV of the training set: id, lat, lon (aliases latitude/longitude).")
@@ -147,4 +148,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.main(main)
