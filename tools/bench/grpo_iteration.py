@@ -273,13 +273,10 @@ def image_only_processor(workdir: str):
 
 
 def run_trl(args, workdir: str, group: int, completion: int) -> dict:
-    import datasets
-    import PIL.Image
+    import datasets  # the TRL side's (trl, datasets: the bench extra; torch) stay out of the geor_jax process
     import torch
     import transformers
     import trl
-
-    from geor_jax import rewards
 
     torch.set_num_threads(args.threads)
     examples = load_examples(workdir)
