@@ -107,3 +107,18 @@ def test_plan_grpo_rollout_phases_grow_with_group_size():
         assert b.peak > a.peak, a.name
     result = plan_memory.report("tiny", plan, large, plan.state_bytes + plan.ref_bytes, hbm_gb=1.0)
     assert result["peak"] >= plan.state_bytes + plan.ref_bytes
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--mesh=1,8", "--mesh needs three positive sizes data,fsdp,tensor, got '1,8'"),
+    ("--model=tiny --image_side=100", "--image_side 100 must be a multiple of 28"),
+])
+def test_plan_memory_cli_rejects_bad_flags_in_one_line(flag, message):
+    """A bad flag is one ``plan_memory.py: ...`` line and exit status 2, before anything compiles."""
+    import subprocess
+
+    tool = os.path.join(os.path.dirname(__file__), "..", "tools", "plan_memory.py")
+    result = subprocess.run([sys.executable, tool, *flag.split()], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("plan_memory.py: ")]
+    assert len(errors) == 1 and message in errors[0] and "Traceback" not in result.stderr, result.stderr

@@ -22,6 +22,7 @@ import time
 from absl import app, flags
 
 from geor_jax.data import builder, demo_world, layouts, tokenizer
+from geor_jax.run import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("layout", "generic", sorted(layouts.LAYOUTS), "On-disk layout of the collection.")
@@ -75,4 +76,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.main(main)

@@ -20,7 +20,8 @@ import time
 import numpy as np
 from absl import app, flags
 
-from geor_jax.data import hard_mining
+from geor_jax.data import builder, hard_mining
+from geor_jax.run import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("train", None, "CSV of the training set: id, lat, lon (aliases latitude/longitude).")
@@ -64,8 +65,6 @@ def read_train(path):
 
 def read_records(records_dir, split):
     """ids, lat, lon of built CoR records (reads each record once, images skipped)."""
-    from geor_jax.data import builder
-
     source = builder.open_records(records_dir, split)
     records = [source[i] for i in range(len(source))]
     return (np.array([r["id"].decode() for r in records], dtype=object),
@@ -147,4 +146,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.main(main)

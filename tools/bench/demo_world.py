@@ -13,10 +13,11 @@ import tempfile
 
 import numpy as np
 import PIL.Image
-from absl import app, flags
+from absl import flags
 
 import common
 from geor_jax.data import demo_world
+from geor_jax.run import cli
 
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 300, "Images per build.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed builds after one warm-up (median reported).")
@@ -41,4 +42,4 @@ def main(_):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.main(main)
