@@ -109,10 +109,7 @@ def generate_answers(model, tokenizer, batches, max_new_tokens: int, *, mesh=Non
     texts, lat, lon, ids = [], [], [], []
     for batch in batches:
         a = batch.arrays
-        rollout = sampling.sample_groups(
-            model, a["prompt_tokens"], a["prompt_mask"], jax.random.key(0), config, group_size=1,
-            pixel_values=a["pixel_values"], image_grid_thw=(batch.grid_thw,) * a["prompt_tokens"].shape[0], mesh=mesh,
-        )
+        rollout = sampling.sample_groups(model, batch.prompts(), jax.random.key(0), config, group_size=1, mesh=mesh)
         keep = sharding.to_host(a["example_mask"]) == 1
         texts += [text for text, k in zip(sampling.decode_completions(tokenizer, rollout), keep) if k]
         if jax.process_count() == 1:  # this host holds every example
