@@ -11,7 +11,7 @@ import PIL.Image
 import pytest
 
 from geor_jax import regions
-from geor_jax.data import builder, layouts
+from geor_jax.data import builder, layouts, rows
 from tests import data_fixtures
 
 
@@ -90,7 +90,7 @@ def test_bad_rows_are_skipped_and_counted_per_reason(tmp_path, capsys):
     manual.mkdir()
     _write_bad_collection(str(manual))
     records_dir, report = builder.build_records("generic", str(manual), str(tmp_path / "data"),
-                                                max_bad_fraction=0.9, num_workers=2)
+                                                max_bad_fraction=0.9, max_missing_fraction=0.5, num_workers=2)
     assert report.bad == EXPECTED_BAD
     assert report.total_rows == 15 and report.written == 5
     assert "lat_lon_out_of_range: 2" in capsys.readouterr().out
@@ -106,8 +106,10 @@ def test_build_fails_past_bad_fraction_naming_examples(tmp_path):
     _write_bad_collection(str(manual))
     data_dir = tmp_path / "data"
     with pytest.raises(builder.BadRowsError) as error:
-        builder.build_records("generic", str(manual), str(data_dir), max_bad_fraction=0.25, num_workers=2)
-    assert str(error.value).startswith("too many bad rows: 10 of 15 skipped") and "\n" not in str(error.value)
+        builder.build_records("generic", str(manual), str(data_dir), max_bad_fraction=0.25, max_missing_fraction=0.5,
+                              num_workers=2)
+    assert str(error.value).startswith("too many bad rows: 9 of 15 malformed") and "\n" not in str(error.value)
+    assert "missing images" not in str(error.value)  # 1 of 15 without an image is within its own limit
     summary = error.value.report.summary()
     for reason, count in EXPECTED_BAD.items():
         if count:
@@ -151,7 +153,7 @@ def test_build_dataset_cli(tmp_path):
     assert failed.returncode == 2 and "image_unreadable: 2" in failed.stdout  # the report
     assert [line for line in failed.stderr.splitlines() if line.startswith("build failed: too many bad rows")]
     ok = subprocess.run([sys.executable, tool, f"--manual_dir={manual}", f"--data_dir={tmp_path / 'ok'}",
-                         "--max_bad_fraction=0.9", "--max_long_side=32"],
+                         "--max_bad_fraction=0.9", "--max_missing_fraction=0.1", "--max_long_side=32"],
                         cwd=root, env=env, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert "5 written" in ok.stdout and "generic_max32" in ok.stdout
@@ -230,19 +232,19 @@ def test_undecodable_bytes_skip_the_row_under_their_own_reason(tmp_path):
 @pytest.mark.parametrize("text", ["3_5", "1_000.5", "٣٥", "３５", "0x1A", "0x1p3", "inf", "-Infinity", "nan(1)",
                                   "1e", "e5", ".", "+-1", "1.2.3", "35.6N", "1,5", "− 5", "1 5"])
 def test_numbers_parse_strictly(text):
-    assert builder.parse_coordinates(text, "10")[0] == "lat_lon_not_numeric"
-    assert builder.parse_coordinates("10", text)[0] == "lat_lon_not_numeric"
+    assert rows.parse_coordinates(text, "10")[0] == "lat_lon_not_numeric"
+    assert rows.parse_coordinates("10", text)[0] == "lat_lon_not_numeric"
 
 
 @pytest.mark.parametrize("text, value", [("35", 35.0), ("-35.5", -35.5), ("+35.5", 35.5), (".5", 0.5), ("5.", 5.0),
                                          ("3.5e1", 35.0), ("35E-1", 3.5), (" 12.25 ", 12.25), ("-0", 0.0)])
 def test_plain_decimal_and_exponent_numbers_parse(text, value):
-    assert builder.parse_coordinates(text, text) == (value, value)
+    assert rows.parse_coordinates(text, text) == (value, value)
 
 
 def test_overflowing_number_is_out_of_range_and_nan_is_missing():
-    assert builder.parse_coordinates("1e999", "0")[0] == "lat_lon_out_of_range"
-    assert builder.parse_coordinates("NaN", "0")[0] == "lat_lon_missing"
+    assert rows.parse_coordinates("1e999", "0")[0] == "lat_lon_out_of_range"
+    assert rows.parse_coordinates("NaN", "0")[0] == "lat_lon_missing"
 
 
 @pytest.mark.parametrize("chunk_size", [1, 2048])
