@@ -20,18 +20,28 @@ def _records(records_dir, split):
     return {r["id"].decode(): r for r in (source[i] for i in range(len(source)))}
 
 
-@pytest.mark.parametrize("layout", ["generic", "mp16_pro", "im2gps3k", "yfcc4k"])
-def test_each_layout_builds_cor_records(tmp_path, layout):
+LAYOUT_CASES = [  # (layout, where its images are, metadata CSV name)
+    ("generic", "folder", None), ("generic", "tars", None), ("generic", "zip", None),
+    ("mp16_pro", "folder", None), ("mp16_pro", "tar", "MP16_Pro_filtered.csv"), ("mp16_pro", "chunks", None),
+    ("mp16_pro", "chunks+index", "metadata/MP16_Pro_filtered.csv"),
+    ("im2gps3k", "folder", None), ("im2gps3k", "zip", None),
+    ("yfcc4k", "folder", None), ("yfcc4k", "zip", "yfcc25600_places365.csv"),
+    ("yfcc26k", "folder", None), ("geoclip", "folder", None), ("geoclip", "chunks", None),
+]
+
+
+@pytest.mark.parametrize("layout, storage, csv_name", LAYOUT_CASES)
+def test_each_layout_builds_cor_records(tmp_path, layout, storage, csv_name):
     manual = tmp_path / "manual"
-    ids = data_fixtures.write_layout(str(manual), layout)
-    records_dir, report = builder.build_records(layout, str(manual), str(tmp_path / "data"), num_workers=2)
-    split = "train" if layout in ("generic", "mp16_pro") else "test"
+    ids, extra = data_fixtures.write_layout(str(manual), layout, storage, csv_name)
+    records_dir, report = builder.build_records(layout, str(manual), str(tmp_path / "data"), num_workers=2, **extra)
+    split = "train" if layout in ("generic", "mp16_pro", "geoclip") else "test"
     assert report.written == len(ids) and report.num_bad == 0
     saved = json.load(open(os.path.join(records_dir, builder.REPORT_NAME)))
     assert saved["written"] == len(ids) and saved["split"] == split
     records = _records(records_dir, split)
     assert sorted(records) == sorted(ids)
-    for image_id, (stem, lat, lon, cc) in zip(ids, data_fixtures.PLACES):
+    for i, (image_id, (stem, lat, lon, cc)) in enumerate(zip(ids, data_fixtures.PLACES)):
         record = records[image_id]
         assert record["country_code"].decode() == cc
         assert record["lat"] == pytest.approx(lat) and record["lon"] == pytest.approx(lon)
@@ -40,15 +50,16 @@ def test_each_layout_builds_cor_records(tmp_path, layout):
         parsed = regions.parse_answer(answer)
         assert parsed.valid and parsed.lat == pytest.approx(lat, abs=1e-6)
         assert parsed.city == record["city"].decode()
-        image = PIL.Image.open(io.BytesIO(record["image"]))
-        assert image.format == "JPEG" and image.size == (64, 48)
+        assert record["image"] == data_fixtures.jpeg_bytes(i)  # the very bytes, read in place from the archive
         place = json.loads(record["source_place"].decode())
         if layout == "mp16_pro":
             assert place["city"] == stem.title() and place["country_code"] == cc.lower()
-        elif layout == "generic":
+        elif layout in ("generic", "geoclip"):
             assert place == {}
         else:
             assert place["S365_Label"] == "353"
+    if storage != "folder":  # nothing was extracted: no image file exists outside the archives
+        assert not [p for p in tmp_path.rglob("*") if p.suffix == ".jpg"]
 
 
 def _write_bad_collection(root):

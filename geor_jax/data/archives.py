@@ -148,7 +148,15 @@ def index_tar(stream: io.RawIOBase, label: str) -> MemberIndex:
         raise ArchiveError(f"{label}: not an uncompressed tar ({error}); a compressed tar cannot be read in place, "
                            "decompress it once (gunzip) and point the build at the .tar") from None
     with tar:
-        while (member := tar.next()) is not None:
+        while True:
+            try:
+                member = tar.next()
+            except tarfile.ReadError as error:  # cut short (a chunk missing): index what is there
+                print(f"{label}: the tar ends early after {len(names)} members ({error}); later rows count as "
+                      "image_missing")
+                break
+            if member is None:
+                break
             if member.isfile():
                 names.append(member.name)
                 offsets.append(member.offset_data)
