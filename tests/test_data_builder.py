@@ -303,3 +303,95 @@ def test_build_dataset_cli_prints_one_line_for_bad_input(tmp_path, data):
     assert result.returncode == 2, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("build failed:")]
     assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+
+
+def _im2gps3k_rows(manual, header, count=40):
+    """An IM2GPS3K CSV of ``count`` world-spread places (every image present), ``LAT,LON`` or ``LON,LAT`` named."""
+    rng = np.random.default_rng(0)
+    lat, lon = rng.uniform(-60, 70, count).tolist(), rng.uniform(-179, 179, count).tolist()
+    lon[:2] = [139.7, -74.0]  # some |lon| > 90 for sure
+    manual.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(count):
+        name = f"{i}.jpg"
+        data_fixtures.write_jpeg(str(manual / "im2gps3k_rgb_images" / name), i, size=(16, 16))
+        rows.append(f"{name},author,{lat[i]!r},{lon[i]!r},1,2,3,0.1,0.2,0.7")
+    (manual / "im2gps3k_places365.csv").write_text(header + "\n" + "\n".join(rows) + "\n")
+    return dict(zip((f"{i}.jpg" for i in range(count)), zip(lat, lon)))
+
+
+def test_swapped_lat_lon_header_is_named_and_the_column_flags_fix_it(tmp_path):
+    """An older im2gps3k_places365.csv labels its columns LON,LAT over latitude-first values."""
+    manual = tmp_path / "manual"
+    truth = _im2gps3k_rows(manual, "IMG_ID,AUTHOR,LON,LAT,S3_Label,S16_Label,S365_Label,Prob_indoor,Prob_natural,"
+                                   "Prob_urban")
+    with pytest.raises(builder.BadRowsError) as error:
+        builder.build_records("im2gps3k", str(manual), str(tmp_path / "data"), max_bad_fraction=1.0, num_workers=0)
+    message = str(error.value)
+    assert message.startswith("latitude and longitude look swapped") and "\n" not in message
+    assert "--lat_column=LON --lon_column=LAT" in message
+    records_dir, report = builder.build_records("im2gps3k", str(manual), str(tmp_path / "data"),
+                                                lat_column="LON", lon_column="LAT", num_workers=0)
+    assert report.written == len(truth) and report.num_bad == 0
+    records = _records(records_dir, "test")
+    for name, (lat, lon) in truth.items():
+        assert float(records[name]["lat"]) == lat and float(records[name]["lon"]) == lon
+
+
+def test_a_correct_header_with_a_few_bad_latitudes_is_not_called_swapped(tmp_path):
+    manual = tmp_path / "manual"
+    _im2gps3k_rows(manual, ",".join(data_fixtures.PLACES365_HEADER))
+    csv_path = manual / "im2gps3k_places365.csv"
+    lines = csv_path.read_text().splitlines()
+    lines[1] = lines[1].replace(lines[1].split(",")[2], "95.5", 1)
+    csv_path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(builder.BadRowsError, match="^too many bad rows: 1 of 40 malformed"):
+        builder.build_records("im2gps3k", str(manual), str(tmp_path / "data"))
+
+
+def test_missing_images_have_their_own_limit(tmp_path):
+    """MP16-Pro lists ~11% more rows than it ships images: within mp16_pro's limit (15%), past a 1% one."""
+    manual = tmp_path / "manual"
+    members = {f"mp-16-images/{i:02x}_a_{i}.jpg": data_fixtures.jpeg_bytes(i, (16, 16)) for i in range(89)}
+    data_fixtures.write_tar(str(manual / "mp-16-images.tar"), members)
+    refs = [f"{i:02x}/a/{i}.jpg" for i in range(100)]  # the last 11 have no image in the tar
+    with open(manual / "MP16_Pro_filtered.csv", "w") as f:
+        f.write("IMG_ID,LAT,LON\n" + "".join(f"{ref},35.0,139.0\n" for ref in refs))
+    _, report = builder.build_records("mp16_pro", str(manual), str(tmp_path / "data"), num_workers=0)
+    assert report.written == 89 and report.bad["image_missing"] == 11 and report.num_malformed == 0
+    assert report.examples["image_missing"][0].startswith("row 90 (id '59/a/89.jpg'): no image for '59/a/89.jpg'")
+    with pytest.raises(builder.BadRowsError) as error:
+        builder.build_records("mp16_pro", str(manual), str(tmp_path / "strict"), max_missing_fraction=0.01)
+    assert str(error.value).startswith("too many missing images: 11 of 100 rows have no image (11.00% > limit 1.00%")
+    assert "bad rows" not in str(error.value)  # missing images are not malformed rows
+
+
+def test_missing_metadata_csv_is_one_line_naming_every_name_looked_for(tmp_path):
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    data_fixtures.write_zip(str(tmp_path / "yfcc4k.zip"), {"yfcc4k/1.jpg": data_fixtures.jpeg_bytes(0)})
+    result = subprocess.run([sys.executable, os.path.join(root, "tools", "build_dataset.py"), "--layout=yfcc4k",
+                             f"--manual_dir={tmp_path}", f"--data_dir={tmp_path / 'data'}"],
+                            cwd=root, env={**os.environ, "PYTHONPATH": root}, capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("build failed:")]
+    assert "no yfcc4k metadata CSV" in line
+    assert "'yfcc4k_places365.csv', 'yfcc25600_places365.csv'" in line
+
+
+def test_generic_csv_with_column_mapping(tmp_path):
+    manual = tmp_path / "manual"
+    for i, (stem, _, _, _) in enumerate(data_fixtures.PLACES):
+        data_fixtures.write_jpeg(str(manual / "pics" / f"{stem}.jpg"), i)
+    (manual / "photos.csv").write_text("key,picture,y,x\n" + "".join(
+        f"k{i},pics/{stem}.jpg,{lat},{lon}\n" for i, (stem, lat, lon, _) in enumerate(data_fixtures.PLACES)))
+    with pytest.raises(layouts.LayoutError, match="missing image, lat, lon"):
+        builder.build_records("generic", str(manual), str(tmp_path / "data"), csv_path="photos.csv")
+    records_dir, report = builder.build_records(
+        "generic", str(manual), str(tmp_path / "data"), csv_path="photos.csv", id_column="key",
+        image_column="picture", lat_column="y", lon_column="x")
+    records = _records(records_dir, "train")
+    assert sorted(records) == [f"k{i}" for i in range(5)] and report.written == 5
+    assert [float(records[f"k{i}"]["lat"]) for i in range(5)] == [p[1] for p in data_fixtures.PLACES]
