@@ -6,6 +6,7 @@ Kept free of TFDS and JAX so build worker processes start fast and small.
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Sequence
 
 import PIL.Image
@@ -13,6 +14,7 @@ import PIL.Image
 from geor_jax.data import archives
 
 UNREADABLE = (OSError, ValueError, SyntaxError, PIL.Image.DecompressionBombError)
+_OBJECT_REPR = re.compile(r" ?<[^<>]* at 0x[0-9a-fA-F]+>")  # PIL names its BytesIO: differs per process
 
 
 def encode_image(data: bytes, max_long_side: int | None = None, quality: int = 95) -> bytes:
@@ -44,7 +46,8 @@ def load_image(source: archives.Source, max_long_side: int | None, quality: int)
     try:
         return encode_image(archives.read_source(source), max_long_side, quality), ""
     except UNREADABLE as error:
-        return None, f"{archives.describe_source(source)}: {type(error).__name__}: {error}"
+        message = _OBJECT_REPR.sub("", str(error))
+        return None, f"{archives.describe_source(source)}: {type(error).__name__}: {message}"
 
 
 def load_images(sources: Sequence[archives.Source], max_long_side: int | None,
