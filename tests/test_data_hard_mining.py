@@ -152,3 +152,40 @@ def test_records_dir_mining_reads_the_coordinates_file_not_the_records(tmp_path)
                    check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True)
     assert sorted(out.read_text().split()) == [n for n, _, _ in data_fixtures.EXACT[1:]]
     assert json.load(open(f"{out}.summary.json"))["hotspots"] == 1
+
+
+def test_mp16_hard_records_from_the_mined_ids(tmp_path):
+    """The documented command: filter built MP16-Pro records by mine_hard.py's id list into mp16_hard/1.1.0."""
+    from geor_jax.data import builder
+    from tests import data_fixtures
+
+    manual = tmp_path / "manual"
+    ids, _ = data_fixtures.write_layout(str(manual), "mp16_pro", "chunks")
+    data_dir = tmp_path / "records"
+    source_dir, _ = builder.build_records("mp16_pro", str(manual), str(data_dir), num_workers=0)
+    hard = ids[1:4]
+    (tmp_path / "mp16_hard_ids.txt").write_text("\n".join(hard + ["not/in/mp16.jpg"]) + "\n")
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "build_dataset.py"),
+                             f"--from_records={source_dir}", f"--ids={tmp_path / 'mp16_hard_ids.txt'}",
+                             "--config_name=mp16_hard", f"--data_dir={data_dir}"],
+                            cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "id list: 4 ids, 2 rows not on it, 1 listed ids not in the collection" in result.stdout
+    hard_dir = os.path.join(data_dir, "geo_cor_records", "mp16_hard", "1.1.0")  # what configs/geor_*_grpo.py read
+    source, filtered = builder.open_records(source_dir, "train"), builder.open_records(hard_dir, "train")
+    by_id = {r["id"].decode(): r for r in (source[i] for i in range(len(source)))}
+    got = {r["id"].decode(): r for r in (filtered[i] for i in range(len(filtered)))}
+    assert sorted(got) == sorted(hard)
+    for key, record in got.items():
+        assert all(np.array_equal(record[f], by_id[key][f]) for f in record), key
+    report = json.load(open(os.path.join(hard_dir, builder.REPORT_NAME)))
+    assert (report["written"], report["ids_requested"], report["ids_not_found"]) == (3, 4, 1)
+
+    # The other way: build straight from the download with the id list; the same examples.
+    direct_dir, direct = builder.build_records("mp16_pro", str(manual), str(tmp_path / "direct"),
+                                               config_name="mp16_hard", ids_path=str(tmp_path / "mp16_hard_ids.txt"),
+                                               num_workers=0)
+    direct_records = builder.open_records(direct_dir, "train")
+    assert {r["id"].decode(): r["image"] for r in (direct_records[i] for i in range(3))} == \
+        {k: r["image"] for k, r in got.items()}
+    assert (direct.written, direct.not_selected, direct.ids_not_found) == (3, 2, 1)
