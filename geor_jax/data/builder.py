@@ -90,6 +90,7 @@ class BuildOptions:
     chunk_size: int = 2048
     shard: tuple[int, int] = (0, 1)
     index_dir: str | None = None  # where built tar indexes are cached
+    beam_scan_parts: int = 16  # Beam: the CSV is scanned in this many parallel parts
 
     def layout(self, name: str) -> layouts.Layout:
         """The layout ``name`` with this build's column names and archives."""
@@ -286,7 +287,7 @@ class GeoCorRecords(tfds.core.GeneratorBasedBuilder):
         shard, num_shards = options.shard
         keep = None if num_shards == 1 else (lambda row: rows.shard_of(row.id, num_shards) == shard)
         outcomes = rows.scan(layouts.read_rows(csv_path, layout), locator, ids=ids, keep=keep)
-        rule, seen = rows.FirstReadableCopy(), set()
+        rule, seen = rows.FirstReadableCopy(), set()  # seen: with an id list, the listed ids some row has
         workers = os.cpu_count() if options.num_workers is None else options.num_workers
 
         def chunks():
@@ -295,12 +296,14 @@ class GeoCorRecords(tfds.core.GeneratorBasedBuilder):
             for outcome in outcomes:
                 if outcome is None:
                     report.not_selected += 1
-                elif isinstance(outcome, rows.Skipped):
+                    continue
+                if ids is not None:
+                    seen.add(outcome.id)
+                if isinstance(outcome, rows.Skipped):
                     report.add(outcome)
                 elif (duplicate := rule.duplicate(outcome)) is not None:
                     report.add(duplicate)  # a copy of an id written in an earlier chunk: never read
                 else:
-                    seen.add(outcome.id)
                     chunk.append(outcome)
                     if len(chunk) >= options.chunk_size:
                         yield chunk
