@@ -1,18 +1,28 @@
-"""Build Chain-of-Region TFDS records (ArrayRecord) from a local photo collection, or the demo world.
+"""Build Chain-of-Region TFDS records (ArrayRecord) from a public photo collection, or the demo world.
 
-    # MP16-Pro: MP16_Pro_places365.csv + mp-16-images/ in /data/mp16
+    # MP16-Pro as downloaded (metadata/MP16_Pro_filtered.csv, metadata/tar_index.pkl, mp-16-images00..18)
     python tools/build_dataset.py --layout=mp16_pro --manual_dir=/data/mp16 \
         --data_dir=/data/records --max_long_side=512
-    # IM2GPS3K: im2gps3k_places365.csv + im2gps3k_rgb_images/ in /data/im2gps3k
+    # IM2GPS3K: im2gps3k_places365.csv + im2gps3ktest.zip in /data/im2gps3k
     python tools/build_dataset.py --layout=im2gps3k --manual_dir=/data/im2gps3k --data_dir=/data/records
+    # MP16-Hard: the records of mine_hard.py's ids, where the GRPO configs read them
+    python tools/build_dataset.py --from_records=/data/records/geo_cor_records/mp16_pro_max512/1.1.0 \
+        --ids=mp16_hard_ids.txt --config_name=mp16_hard --data_dir=/data/records
     # The offline demo world (300 procedural images, seconds)
     python tools/build_dataset.py --demo --data_dir=/tmp/georjax_demo
 
+Images are read in place from folders, tars (one, many, or split into
+chunks) and zips. ``--num_workers`` processes decode images (default: every
+core); ``--shard=i/n`` builds one shard of n on this host (resumable; the run
+finishing the last shard merges); ``--beam_pipeline_options`` runs the build
+on Apache Beam (needs the beam extra's venv, ``tools/bootstrap.sh beam``).
 Prints a tqdm progress bar while examples are generated, then the build
 report (rows written, rows skipped per reason with examples), saved as
 build_report.json next to the records. A CSV whose header lacks the layout's
-columns, no row written, or more than --max_bad_fraction of the rows bad:
-one "build failed: ..." line on stderr and exit code 2.
+columns, an archive that cannot be read in place, no row written, more than
+--max_bad_fraction of the rows malformed or --max_missing_fraction without
+an image, or swapped latitude/longitude columns: one "build failed: ..."
+line on stderr and exit code 2.
 """
 
 import os

@@ -179,9 +179,13 @@ class _ImageLoader:
         self.args = (max_long_side, quality)
         self.pool = None
         if num_workers > 0:
-            methods = multiprocessing.get_all_start_methods()
-            # forkserver: workers fork from a clean server, not from this process and its threads.
-            context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+            if "forkserver" in multiprocessing.get_all_start_methods():
+                # Workers fork from a clean server (not from this process and its threads) that imports only
+                # the image code, not __main__ (a launcher that imports JAX would make every start slow).
+                context = multiprocessing.get_context("forkserver")
+                context.set_forkserver_preload(["geor_jax.data.encoding"])
+            else:
+                context = multiprocessing.get_context("spawn")
             self.pool = concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=context)
 
     def submit(self, sources: Sequence[archives.Source]) -> Iterator[tuple[bytes | None, str]]:
