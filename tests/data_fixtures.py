@@ -145,7 +145,8 @@ def write_layout(root: str, layout: str, storage: str = "folder", csv_name: str 
         if storage == "chunks+index":
             write_g3_tar_index(os.path.join(root, "metadata", "tar_index.pkl"), infos)
     elif storage == "zip":
-        name = {"im2gps3k": "im2gps3ktest.zip", "yfcc4k": "yfcc4k.zip", "yfcc26k": "yfcc25600.zip"}.get(layout, "images.zip")
+        name = {"im2gps3k": "im2gps3ktest.zip", "yfcc4k": "yfcc4k.zip", "yfcc26k": "yfcc25600.zip"}.get(layout,
+                                                                                                   "images.zip")
         write_zip(os.path.join(root, name), members)
         if name == "images.zip":
             extra["image_archives"] = ("images.zip",)

@@ -126,7 +126,7 @@ def _mine_in_child(tmp_path, n, m=20_000):
 
 
 def test_mining_streams_a_million_rows_in_bounded_memory(tmp_path):
-    """1M training rows, 20k predictions: the process's peak memory grows as much as for 100k rows, a few tens of MiB."""
+    """1M training rows, 20k predictions: peak memory grows as much as for 100k rows, a few tens of MiB."""
     small, large = _mine_in_child(tmp_path, 100_000), _mine_in_child(tmp_path, 1_000_000)
     print(f"mining x 20k predictions: peak resident memory grew {small:.1f} MiB for 100k rows, "
           f"{large:.1f} MiB for 1M rows")

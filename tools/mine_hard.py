@@ -1,7 +1,8 @@
 """Mine MP16-Hard: the training ids farther than R km from every sample the SFT model solves.
 
 Inputs are CSVs: the training set (``--train``: id, lat, lon; or ``--records_dir``
-for built CoR records, whose coordinates file is read, never the images) and the SFT model's predictions on (a subset of) it
+for built CoR records, whose coordinates file is read, never the images) and
+the SFT model's predictions on (a subset of) it
 (``--predictions``: id, pred_lat, pred_lon, optionally lat/lon ground truth
 or a 0/1 ``correct`` column). A prediction is correct within
 ``--correct_km``; correct samples are hotspots; the output lists, one per

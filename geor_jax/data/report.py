@@ -3,10 +3,10 @@
 Two limits, checked over the whole build: malformed rows (every reason but
 ``image_missing``) against ``max_bad_fraction``, and rows whose image is
 missing against ``max_missing_fraction`` (MP16-Pro lists about 11% more
-rows than it ships images). A third check names a swapped header: when some
-latitudes exceed 90 but would be in range as longitudes, and no row's
-longitude exceeds 90, the CSV's LAT and LON columns are taken to be swapped
-and the build fails, whatever the fractions. Reports of shards or Beam
+rows than it ships images). A third check names a swapped header: when at
+least 1% of the rows have a latitude past 90 that would be in range as a
+longitude, and no row's longitude exceeds 90, the CSV's LAT and LON columns
+are taken to be swapped and the build fails, whatever the fractions. Reports of shards or Beam
 workers ``merge`` into the same report a single process writes.
 """
 
