@@ -147,3 +147,26 @@ def test_shards_without_rows_and_a_merge_past_the_limits(single, tmp_path):
         with pytest.raises(builder.BadRowsError, match="too many bad rows: 6 of 28 malformed.*nothing was published"):
             builder.build_records("mp16_pro", manual, strict, shard=(i, 2), num_workers=0)
     assert not os.path.exists(os.path.join(strict, "geo_cor_records", "mp16_pro", "1.1.0"))
+
+
+def test_shard_flag_on_the_command_line(single, tmp_path):
+    import subprocess
+    import sys
+
+    manual, expected, _, _ = single
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    tool = os.path.join(root, "tools", "build_dataset.py")
+
+    def run(*flags):
+        return subprocess.run([sys.executable, tool, "--layout=mp16_pro", f"--manual_dir={manual}",
+                               f"--data_dir={tmp_path}", "--num_workers=0", "--max_bad_fraction=0.5",
+                               "--max_missing_fraction=0.5", *flags],
+                              cwd=root, env={**os.environ, "PYTHONPATH": root}, capture_output=True, text=True)
+
+    bad = run("--shard=2/2")
+    assert bad.returncode != 0 and "--shard='2/2': need 0 <= i < n" in bad.stderr
+    first = run("--shard=0/2")
+    assert first.returncode == 0 and "1 of 2 shards built" in first.stdout, first.stderr
+    second = run("--shard=1/2")
+    assert second.returncode == 0 and "merged 2 shards" in second.stdout, second.stderr
+    assert records_of(os.path.join(tmp_path, "geo_cor_records", "mp16_pro", "1.1.0")) == expected
