@@ -107,6 +107,10 @@ def main(argv):
         else:
             if not FLAGS.manual_dir and not FLAGS.from_records:
                 raise app.UsageError("--manual_dir is required (or --demo, or --from_records with --ids)")
+            if FLAGS.from_records and not FLAGS.ids:
+                raise app.UsageError("--from_records needs --ids (the ids to keep, one per line)")
+            if FLAGS.shard and FLAGS.beam_pipeline_options:
+                raise app.UsageError("--shard and --beam_pipeline_options are two ways to split a build: use one")
             records_dir, report = builder.build_records(
                 FLAGS.layout, FLAGS.manual_dir, FLAGS.data_dir, config_name=FLAGS.config_name, split=FLAGS.split,
                 max_long_side=FLAGS.max_long_side, jpeg_quality=FLAGS.jpeg_quality, shard=parse_shard(FLAGS.shard),

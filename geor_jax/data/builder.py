@@ -352,8 +352,6 @@ class GeoCorRecords(tfds.core.GeneratorBasedBuilder):
     def _filter_records(self, records_dir: str, split: str) -> Iterator[tuple[str, dict]]:
         """The records of ``records_dir`` whose id is in ``ids_path``, as they are (MP16-Hard from MP16-Pro)."""
         report, ids = self.build_report, self.options.read_ids()
-        if ids is None:
-            raise ValueError("from_records needs ids_path (the id list to keep)")
         source, seen = open_records(records_dir, split), set()
         with self._coordinates_file(split) as coordinates:
             coordinates.write(COORDINATES_HEADER + "\n")
@@ -428,6 +426,10 @@ def build_records(layout: str, manual_dir: str, data_dir: str, *, config_name: s
     """
     content = dict(config_name=config_name, split=split, max_long_side=max_long_side, jpeg_quality=jpeg_quality)
     build_options = BuildOptions(index_dir=os.path.join(data_dir, "archive_indexes"), **options)
+    if build_options.from_records and not build_options.ids_path:
+        raise ValueError("from_records needs ids_path: the ids to keep, one per line")
+    if shard is not None and (beam_runner or beam_options):
+        raise ValueError("shard and Beam are two ways to split a build: use one (Beam splits it by itself)")
     if shard is not None and shard[1] > 1:
         from geor_jax.data import shards
 
