@@ -172,8 +172,8 @@ def coordinates_line(image_id: str, lat: float, lon: float) -> str:
 
 
 class _ImageLoader:
-    """Reads and encodes images in order: in this process, or in worker processes (not threads: PIL's
-    decoding holds the GIL for much of its time)."""
+    """Reads and encodes images in order: in this process, or in worker processes (not threads, which would
+    share one GIL with each other and with the main process's CSV reading and TFDS writing)."""
 
     def __init__(self, num_workers: int, max_long_side: int | None, quality: int):
         self.args = (max_long_side, quality)
