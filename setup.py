@@ -21,7 +21,7 @@ CORE = [
     "grain==0.2.18",
     # Each range spans exactly two tested versions: a plain install resolves to the newest (protobuf 7.36.2,
     # pillow 13.0.0, pyarrow 26.0.1); the beam extra pins the older ones apache-beam 2.77 requires
-    # (protobuf<7, pillow<13, pyarrow<26), with which the whole test suite passes too.
+    # (protobuf<7, pillow<13, pyarrow<26), with which the test suite passes too.
     "protobuf>=6.33.6,<=7.36.2",
     "pillow>=12.3.0,<=13.0.0",
     "pyarrow>=25.0.1,<=26.0.1",  # tensorflow-datasets needs it; mining parses CSVs with it
