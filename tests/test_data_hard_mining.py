@@ -104,18 +104,20 @@ print(json.dumps(summary | {"peak_growth_mib": (max(peak[0], process.memory_info
 
 def _mine_in_child(tmp_path, n, m=20_000):
     """Mine n generated training rows against m predictions in a fresh process; (summary, expected kept ids)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pv
+
     rng = np.random.default_rng(n)
-    lat, lon = rng.uniform(-60, 70, n).round(6), rng.uniform(-180, 180, n).round(6)
+    lat, lon = rng.uniform(-60, 70, n), rng.uniform(-180, 180, n)
     train, preds, kept = tmp_path / f"train{n}.csv", tmp_path / f"preds{n}.csv", tmp_path / f"kept{n}.txt"
-    with open(train, "w") as f:
-        f.write("id,lat,lon\n" + "".join(f"mp16/{i}.jpg,{a},{b}\n" for i, a, b in zip(range(n), lat.tolist(),
-                                                                                      lon.tolist())))
+    ids = pc.binary_join_element_wise("mp16/", pc.cast(pa.array(np.arange(n)), pa.string()), ".jpg", "")
+    pv.write_csv(pa.table({"id": ids, "lat": lat, "lon": lon}), train)  # written in C: ~1 s for 1M rows
     asked = rng.choice(n, m, replace=False)
     solved = asked[: m // 2]
     pred_lon = np.where(np.isin(asked, solved), lon[asked], (lon[asked] + 360) % 360 - 180)  # half: far away
-    with open(preds, "w") as f:
-        f.write("id,lat,lon,pred_lat,pred_lon\n" + "".join(
-            f"mp16/{i}.jpg,{lat[i]},{lon[i]},{lat[i]},{p}\n" for i, p in zip(asked.tolist(), pred_lon.tolist())))
+    pv.write_csv(pa.table({"id": ids.take(asked), "lat": lat[asked], "lon": lon[asked], "pred_lat": lat[asked],
+                           "pred_lon": pred_lon}), preds)
     result = subprocess.run([sys.executable, "-c", _MINE_IN_CHILD, str(train), str(preds), str(kept)], check=True,
                             cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True)
     summary = json.loads(result.stdout.splitlines()[-1])
