@@ -216,4 +216,4 @@ def build_demo_records(data_dir: str, work_dir: str | None = None, num_images: i
     if not os.path.isfile(os.path.join(work_dir, CSV_NAME)):
         make_demo_world(work_dir, num_images, seed, height, width)
     return builder.build_records("generic", work_dir, data_dir, config_name=f"demo_{num_images}_{seed}_{split}",
-                                 split=split, max_bad_fraction=0.0)
+                                 split=split, max_bad_fraction=0.0, num_workers=0)  # tiny images: no pool
