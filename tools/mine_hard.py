@@ -17,9 +17,7 @@ become GRPO records with ``tools/build_dataset.py --from_records=... --ids=...``
     python tools/mine_hard.py --benchmark --num_train=1000000 --num_hotspots=100000
 """
 
-import glob
 import json
-import os
 import time
 
 import numpy as np
@@ -39,15 +37,6 @@ flags.DEFINE_float("correct_km", 25.0, "A prediction this close to the truth cou
 flags.DEFINE_bool("benchmark", False, "Time the mining on synthetic data instead.")
 flags.DEFINE_integer("num_train", 1_000_000, "Benchmark: training samples.")
 flags.DEFINE_integer("num_hotspots", 100_000, "Benchmark: hotspots.")
-
-
-def training_files(records_dir, split):
-    """The coordinates files built records keep next to them (one, or one per Beam shard)."""
-    paths = sorted(glob.glob(os.path.join(records_dir, f"{split}.coordinates*.csv")))
-    if not paths:
-        raise app.UsageError(f"{records_dir} has no {split}.coordinates*.csv (records built before it existed): "
-                             "rebuild them, or pass --train with an id,lat,lon CSV")
-    return paths
 
 
 def benchmark(num_train, num_hotspots, radius_km):
@@ -76,17 +65,11 @@ def main(argv):
         return
     if not FLAGS.predictions or not (FLAGS.train or FLAGS.records_dir):
         raise app.UsageError("need --predictions and one of --train / --records_dir")
-    start = time.perf_counter()
-    paths = training_files(FLAGS.records_dir, FLAGS.split) if FLAGS.records_dir else [FLAGS.train]
-    predictions = hard_mining.read_predictions(FLAGS.predictions)
-    partial = f"{FLAGS.output}.partial"
-    with open(partial, "w", encoding="utf-8") as out:
-        summary = hard_mining.mine_streaming(lambda: hard_mining.iter_id_coordinates(paths),
-                                             predictions, out, FLAGS.radius_km, FLAGS.correct_km)
-    os.replace(partial, FLAGS.output)
-    summary["seconds"] = round(time.perf_counter() - start, 3)
-    with open(FLAGS.output + ".summary.json", "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2)
+    try:
+        paths = hard_mining.coordinates_files(FLAGS.records_dir, FLAGS.split) if FLAGS.records_dir else [FLAGS.train]
+    except FileNotFoundError as error:
+        raise app.UsageError(f"--records_dir: {error} with --train") from None
+    summary = hard_mining.mine_to_file(paths, FLAGS.predictions, FLAGS.output, FLAGS.radius_km, FLAGS.correct_km)
     print(json.dumps(summary))
 
 

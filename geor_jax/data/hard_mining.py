@@ -16,7 +16,11 @@ predictions (hotspots) whole.
 
 import csv
 import dataclasses
+import glob
+import json
 import math
+import os
+import time
 
 import numpy as np
 from scipy.spatial import cKDTree
@@ -204,3 +208,28 @@ def mine_streaming(train_chunks, predictions: Predictions, out, radius_km: float
         raise ValueError(f"{int((~found).sum())} predicted ids are not in the training set, e.g. {missing}")
     return {"train": train, "predictions": len(predictions), "hotspots": len(hot), "kept": kept,
             "radius_km": radius_km, "correct_km": correct_km}
+
+
+def coordinates_files(records_dir: str, split: str = "train") -> list[str]:
+    """The ``<split>.coordinates*.csv`` built records keep next to them (one, or one per Beam shard)."""
+    paths = sorted(glob.glob(os.path.join(records_dir, f"{split}.coordinates*.csv")))
+    if not paths:
+        raise FileNotFoundError(f"{records_dir} has no {split}.coordinates*.csv (records built before it existed): "
+                                "rebuild them, or mine an id,lat,lon CSV")
+    return paths
+
+
+def mine_to_file(train_paths, predictions_path: str, output: str, radius_km: float = 200.0,
+                 correct_km: float = 25.0) -> dict:
+    """``mine_streaming`` from CSV files: the kept ids to ``output`` (written whole or not at all) and its
+    summary, with the seconds taken, to ``<output>.summary.json``; returns the summary."""
+    start = time.perf_counter()
+    predictions = read_predictions(predictions_path)
+    partial = f"{output}.partial"
+    with open(partial, "w", encoding="utf-8") as out:
+        summary = mine_streaming(lambda: iter_id_coordinates(train_paths), predictions, out, radius_km, correct_km)
+    os.replace(partial, output)
+    summary["seconds"] = round(time.perf_counter() - start, 3)
+    with open(output + ".summary.json", "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=2)
+    return summary
