@@ -142,7 +142,11 @@ def _numbers(column) -> np.ndarray:
 
 
 def read_predictions(path: str) -> Predictions:
-    """A predictions CSV: id, pred_lat, pred_lon [, lat, lon | correct] (unparsable predictions are wrong)."""
+    """A predictions CSV: id, pred_lat, pred_lon [, lat, lon | correct] [, valid].
+
+    Unparsable predictions are wrong, and so are rows whose ``valid`` is 0
+    (``evaluate.write_predictions`` writes an invalid answer as 0, 0).
+    """
     import pyarrow as pa
     import pyarrow.csv as pv
 
@@ -150,9 +154,10 @@ def read_predictions(path: str) -> Predictions:
     i, flag = _column(header, "id", "img_id", "image_id"), _column(header, "correct")
     pla, plo = _column(header, "pred_lat", "predicted_lat"), _column(header, "pred_lon", "predicted_lon")
     tla, tlo = _column(header, "lat", "latitude", "true_lat"), _column(header, "lon", "longitude", "true_lon")
+    valid = _column(header, "valid")
     if i is None or (flag is None and None in (pla, plo)):
         raise ValueError(f"{path}: need id and pred_lat/pred_lon (or correct), header is {header}")
-    wanted = [c for c in (i, flag, pla, plo, tla, tlo) if c is not None]
+    wanted = [c for c in (i, flag, pla, plo, tla, tlo, valid) if c is not None]
     table = pv.read_csv(path, read_options=pv.ReadOptions(encoding="utf-8"),
                         convert_options=pv.ConvertOptions(include_columns=wanted,
                                                           column_types={c: pa.string() for c in wanted}))
@@ -160,7 +165,11 @@ def read_predictions(path: str) -> Predictions:
     correct = None if flag is None else np.isin(np.char.lower(np.array(table.column(flag).to_pylist(), str)),
                                                 ["1", "true", "yes"])
     truth = tla is not None and tlo is not None
-    return Predictions(table.column(i).combine_chunks(), column(pla), column(plo),
+    pred_lat, pred_lon = column(pla), column(plo)
+    if valid is not None and pla is not None:  # an invalid answer predicts nothing
+        invalid = column(valid) == 0
+        pred_lat, pred_lon = np.where(invalid, np.nan, pred_lat), np.where(invalid, np.nan, pred_lon)
+    return Predictions(table.column(i).combine_chunks(), pred_lat, pred_lon,
                        column(tla) if truth else None, column(tlo) if truth else None, correct)
 
 
