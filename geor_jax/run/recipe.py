@@ -3,7 +3,8 @@
 1. records: the demo world's train and held-out splits (``tools/build_dataset.py --demo``'s builder);
 2. SFT on Chain-of-Region answers (``launch/train.py``: ``loop.run``);
 3. the SFT model on the training set, as ``launch/evaluate.py`` evaluates it: ``predictions.csv``;
-4. MP16-Hard mining of those predictions (``tools/mine_hard.py``: ``hard_mining.mine_to_file``);
+4. MP16-Hard mining of those predictions (``tools/mine_hard.py``: ``hard_mining.mine_to_file``); fewer
+   hard images than one GRPO batch stop the run with a ValueError;
 5. the hard records (``tools/build_dataset.py --from_records=... --ids=...``: ``builder.build_records``),
    then GRPO on them from the SFT export (``loop.run``);
 6. both exports on the held-out images (``launch/evaluate.py`` again), paired per image.
@@ -102,12 +103,19 @@ def evaluate_checkpoint(config: run_config.RunConfig, hf_dir: str, records_dir: 
     return Evaluation(metrics, per_example, ids)
 
 
-def mine_hard_records(world: World, predictions_csv: str, workdir: str, config_name: str, mining) -> tuple[str, dict]:
-    """Steps 4 and 5a: the training ids far from every solved one, then their records; (records dir, summary)."""
+def mine_hard_ids(world: World, predictions_csv: str, workdir: str, mining, min_kept: int) -> tuple[str, dict]:
+    """Step 4: the training ids far from every one the SFT model solved; (ids file, summary).
+
+    Raises ValueError if fewer than ``min_kept`` (one GRPO batch) remain.
+    """
     ids_path = os.path.join(workdir, "hard_ids.txt")
     summary = hard_mining.mine_to_file(hard_mining.coordinates_files(world.train, "train"), predictions_csv,
                                        ids_path, mining.radius_km, mining.correct_km)
-    return filtered_records(world, ids_path, config_name), summary
+    if summary["kept"] < min_kept:
+        raise ValueError(f"hard mining kept {summary['kept']} of {summary['train']} training images, fewer than one "
+                         f"GRPO batch ({min_kept}): loosen recipe.mining (radius_km {mining.radius_km:g}, "
+                         f"correct_km {mining.correct_km:g})")
+    return ids_path, summary
 
 
 def random_records(world: World, count: int, seed: int, workdir: str, config_name: str) -> str:
@@ -164,8 +172,9 @@ def run_seed(recipe, sft_dict, grpo_dict, root: str, seed: int, variants=("hard"
     on_train = evaluate_checkpoint(sft_config, hf, world.train, "train", os.path.join(run_dir, "sft_on_train"), "SFT")
     log(f"== 4/6 hard samples: training ids farther than {recipe.mining.radius_km:g} km from every one the SFT "
         f"model places within {recipe.mining.correct_km:g} km")
-    hard_dir, mining = mine_hard_records(world, os.path.join(run_dir, "sft_on_train", "predictions.csv"), run_dir,
-                                         f"demo_hard_seed{seed}", recipe.mining)
+    hard_ids, mining = mine_hard_ids(world, os.path.join(run_dir, "sft_on_train", "predictions.csv"), run_dir,
+                                     recipe.mining, grpo_dict.data.global_batch_size)
+    hard_dir = filtered_records(world, hard_ids, f"demo_hard_seed{seed}")
     mining["train_reward_mean"] = on_train.metrics["reward_mean"]
     log(f"   {mining['hotspots']} solved of {mining['predictions']}; kept {mining['kept']} of {mining['train']}")
     records = {"hard": hard_dir}
