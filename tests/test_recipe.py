@@ -148,3 +148,19 @@ def test_summary_refuses_evaluations_of_different_images():
     results[1].grpo["hard"].ids[0] = "other"
     with pytest.raises(ValueError, match="seed 1: the hard and SFT evaluations cover different images"):
         learning.summarize(results, "hard")
+
+
+def test_a_written_evaluation_reads_back_with_its_rewards(tmp_path):
+    """--from_outputs summarizes predictions.csv files: their per-image rewards are evaluate_answers'."""
+    from geor_jax import evaluate
+
+    texts = ["Country: France\nState: Ile-de-France\nCity: Paris\nCoordinates: (49.2566, 2.3522)",
+             "Country: Japan\nState: Tokyo\nCity: Tokyo\nCoordinates: (30.0, 120.0)", "no idea"]
+    metrics, per_example = evaluate.evaluate_answers(texts, [48.8566, 35.6895, 1.0], [2.3522, 139.6917, 1.0])
+    path = str(tmp_path / "predictions.csv")
+    evaluate.write_predictions(path, ["a", "b", "c"], per_example)
+    back = learning.evaluation_from_predictions(path)
+    assert back.ids == ["a", "b", "c"]
+    np.testing.assert_allclose(back.per_example["reward"], per_example["reward"], rtol=1e-6)
+    np.testing.assert_array_equal(back.per_example["distance_km"], per_example["distance_km"])
+    assert back.metrics["reward_mean"] == pytest.approx(metrics["reward_mean"])

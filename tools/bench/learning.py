@@ -15,11 +15,14 @@ markdown table per variant and the issue's goal check; writes the figures to
     PYTHONPATH=. python tools/bench/learning.py --seeds=0,1,2,3 --variants=hard --grpo_steps=40
 
 Runs resume from their workdirs' checkpoints (as launch/train.py does); pass
-a fresh ``--root`` for a clean measurement.
+a fresh ``--root`` for a clean measurement. ``--from_outputs`` trains and
+evaluates nothing: it summarizes the seeds whose held-out predictions.csv
+files are already under ``--root`` (a run cut short keeps its finished seeds).
 """
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import os
@@ -30,7 +33,7 @@ import time
 import numpy as np
 from absl import app, flags, logging
 
-from geor_jax import stats
+from geor_jax import geo, stats
 from geor_jax.run import recipe
 
 _CONFIG_FILE = pathlib.Path(__file__).resolve().parents[2] / "configs" / "demo.py"
@@ -41,6 +44,7 @@ _VARIANTS = flags.DEFINE_list("variants", list(recipe.VARIANTS), f"GRPO variants
 _SFT_STEPS = flags.DEFINE_integer("sft_steps", None, "Override the SFT steps of configs/demo.py.")
 _GRPO_STEPS = flags.DEFINE_integer("grpo_steps", None, "Override the GRPO steps of configs/demo.py.")
 _RESAMPLES = flags.DEFINE_integer("resamples", 4000, "Bootstrap resamples per interval.")
+_FROM_OUTPUTS = flags.DEFINE_bool("from_outputs", False, "Summarize the predictions already under --root; run nothing.")
 
 # Each metric as the table prints it: (label, scale).
 LABELS = {"reward_mean": ("mean reward", 1), "acc@25km": ("acc@25km (points)", 100),
@@ -54,6 +58,30 @@ def load_demo_config():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def evaluation_from_predictions(path: str) -> recipe.Evaluation:
+    """An evaluation as its predictions.csv recorded it; the per-image reward is the paper's reward of the
+    recorded distance (0 for an invalid answer), as ``evaluate.evaluate_answers`` scores it."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    distance = np.array([float(r["distance_km"]) for r in rows])
+    valid = np.array([r["valid"] == "1" for r in rows])
+    reward = np.where(valid, np.asarray(geo.distance_reward(np.where(valid, distance, 0.0).astype(np.float32))), 0.0)
+    per_example = {"reward": reward.astype(np.float64), "distance_km": distance}
+    metrics = {metric: float(fn(reward, distance, 0)) for metric, fn in stats.METRICS.items()}
+    return recipe.Evaluation(metrics, per_example, [r["id"] for r in rows])
+
+
+def seed_from_outputs(root: str, seed: int, variants) -> recipe.SeedResult:
+    """One finished seed of an earlier run under ``root``, from its written predictions and mining summary."""
+    run_dir = os.path.join(root, f"seed_{seed}")
+    with open(os.path.join(run_dir, "hard_ids.txt.summary.json")) as f:
+        mining = json.load(f)
+    grpo = {v: evaluation_from_predictions(os.path.join(run_dir, f"grpo_{v}", "on_test", "predictions.csv"))
+            for v in variants}
+    return recipe.SeedResult(seed, evaluation_from_predictions(os.path.join(run_dir, "sft_on_test", "predictions.csv")),
+                             grpo, mining, {})
 
 
 def _stack(evaluations: list[recipe.Evaluation]) -> dict[str, np.ndarray]:
@@ -136,6 +164,9 @@ def main(argv):
     results = []
     for seed in seeds:
         t = time.perf_counter()
+        if _FROM_OUTPUTS.value:
+            results.append(seed_from_outputs(_ROOT.value, seed, _VARIANTS.value))
+            continue
         results.append(recipe.run_seed(demo.get_recipe(), sft, grpo, _ROOT.value, seed, variants=_VARIANTS.value,
                                        log=lambda line: print(line, flush=True)))
         print(f"seed {seed}: {time.perf_counter() - t:.0f} s", flush=True)
@@ -145,7 +176,8 @@ def main(argv):
     lines = [f"{len(seeds)} seeds, {world.test_images} held-out images, {world.train_images} training images; "
              f"SFT {sft.train.num_steps} steps, GRPO {grpo.train.num_steps} steps (lr {grpo.optimizer.learning_rate:g}, "
              f"G {grpo.grpo.group_size}, temperature {grpo.grpo.temperature:g}, beta {grpo.grpo.beta:g}); "
-             f"total {time.perf_counter() - started:.0f} s; load average {os.getloadavg()[0]:.2f}"]
+             + ("from the predictions under --root" if _FROM_OUTPUTS.value else
+                f"total {time.perf_counter() - started:.0f} s; load average {os.getloadavg()[0]:.2f}")]
     lines += [f"seed {r.seed}: the SFT model solved {r.mining['hotspots']} of {r.mining['predictions']} training "
               f"images; hard records {r.mining['kept']}" for r in results]
     out = {}
