@@ -19,7 +19,6 @@ import pathlib
 import shutil
 import time
 
-import numpy as np
 from absl import app, flags, logging
 
 from geor_jax import evaluate, stats

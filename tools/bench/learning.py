@@ -174,8 +174,9 @@ def main(argv):
             print(f"seed {seed}, {variant} minus SFT: " + seed_line(results[-1], variant), flush=True)
     world = demo.get_recipe().world
     lines = [f"{len(seeds)} seeds, {world.test_images} held-out images, {world.train_images} training images; "
-             f"SFT {sft.train.num_steps} steps, GRPO {grpo.train.num_steps} steps (lr {grpo.optimizer.learning_rate:g}, "
-             f"G {grpo.grpo.group_size}, temperature {grpo.grpo.temperature:g}, beta {grpo.grpo.beta:g}); "
+             f"SFT {sft.train.num_steps} steps, GRPO {grpo.train.num_steps} steps "
+             f"(lr {grpo.optimizer.learning_rate:g}, G {grpo.grpo.group_size}, "
+             f"temperature {grpo.grpo.temperature:g}, beta {grpo.grpo.beta:g}); "
              + ("from the predictions under --root" if _FROM_OUTPUTS.value else
                 f"total {time.perf_counter() - started:.0f} s; load average {os.getloadavg()[0]:.2f}")]
     lines += [f"seed {r.seed}: the SFT model solved {r.mining['hotspots']} of {r.mining['predictions']} training "
@@ -185,8 +186,8 @@ def main(argv):
         summary = summarize(results, variant, _RESAMPLES.value)
         reward_ok, acc750_ok = goal_met(summary)
         source, overrides = recipe.VARIANTS[variant]
-        lines += ["", f"### GRPO `{variant}` ({source} records{', ' if overrides else ''}"
-                      f"{', '.join(f'{k}={v}' for k, v in overrides.items())}) minus SFT", "", table(summary, seeds), "",
+        setting = ", ".join([f"{source} records", *(f"{k}={v}" for k, v in overrides.items())])
+        lines += ["", f"### GRPO `{variant}` ({setting}) minus SFT", "", table(summary, seeds), "",
                   f"reward gain's interval above 0 on every seed: {'yes' if reward_ok else 'no'}; "
                   f"acc@750km falls on no seed: {'yes' if acc750_ok else 'no'}"]
         out[variant] = _jsonable(summary)
