@@ -201,14 +201,8 @@ def test_sft_outputs_resume_exactly_after_sigkill_on_a_url_and_evaluate(data, tm
 def save_tiny_policy(data, directory: pathlib.Path, seed: int = 0, **token_ids) -> pathlib.Path:
     """A random tiny policy with the test tokenizer's vocabulary and ids, saved as a HF checkpoint."""
     import tiny_policy
-    from geor_jax.models import qwen2_5_vl as qvl
 
-    tok = tokenizer_lib.load_tokenizer(data[0] / "tok")
-    ids = {k: v for k, v in tok.special_ids.model_config_overrides().items()
-           if k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")}
-    model = tiny_policy.model(seed, model_config=tiny_policy.config(vocab_size=tok.vocab_size, **ids | token_ids))
-    qvl.save_hf_checkpoint(model, directory)
-    return directory
+    return tiny_policy.save_for_tokenizer(data[0] / "tok", directory, seed, **token_ids)
 
 
 def test_grpo_learns_from_its_own_rows_and_resumes_exactly_after_sigkill(data, tmp_path):
