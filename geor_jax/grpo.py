@@ -262,7 +262,8 @@ def make_grpo_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformati
             rollout.prompts.split(config.num_micro_batches),
             *train_state.split_micro_batches((rollout.tokens, *rows), config.num_micro_batches),
         )
-        loss, grads, metrics = train_state.accumulate_gradients(loss_fn, state.params, micro)
+        shares = train_state.token_shares(mask, config.num_micro_batches)  # metrics are per-token means
+        loss, grads, metrics = train_state.accumulate_gradients(loss_fn, state.params, micro, shares)
         state, update_metrics = train_state.apply_gradients(state, grads, loss, optimizer)
         completion_length = jnp.sum(mask, axis=1).astype(jnp.float32)
         return state, {"loss": loss, **metrics, **update_metrics, "completion_length": completion_length.mean()}

@@ -71,7 +71,8 @@ def make_sft_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformatio
             prompts.split(num_micro_batches),
             *train_state.split_micro_batches((targets, target_mask, weights), num_micro_batches),
         )
-        loss, grads, metrics = train_state.accumulate_gradients(loss_fn, state.params, micro)
+        shares = train_state.token_shares(mask, num_micro_batches)  # nll_per_token is a per-token mean
+        loss, grads, metrics = train_state.accumulate_gradients(loss_fn, state.params, micro, shares)
         metrics["target_tokens"] = mask.sum()
         state, update_metrics = train_state.apply_gradients(state, grads, loss, optimizer)
         return state, {"loss": loss, **metrics, **update_metrics}
