@@ -2,10 +2,11 @@
 
 ``<workdir>/hf`` holds config.json (with its ``dtype``), the safetensors
 shards, the tokenizer and ``generation_config.json``: greedy decoding that
-stops at ``<|im_end|>`` / ``<|endoftext|>`` and pads with ``<|endoftext|>``,
-up to ``eval.max_new_tokens`` new tokens, i.e. how geor_jax answers when it
-evaluates. transformers' ``generate`` and vLLM take their default sampling
-settings from that file.
+stops at ``<|im_end|>`` / ``<|endoftext|>``, pads with ``<|endoftext|>``,
+never emits the image / video placeholders and writes up to
+``eval.max_new_tokens`` new tokens, i.e. how geor_jax answers when it
+evaluates. transformers' ``generate`` takes all of it as its defaults; vLLM
+reads its sampling defaults (and only those) from the same file.
 """
 
 from __future__ import annotations
@@ -34,10 +35,12 @@ class ExportConfig:
 
 
 def generation_config(tokenizer: tokenizer_lib.Tokenizer, max_new_tokens: int) -> transformers.GenerationConfig:
-    """Greedy decoding as geor_jax evaluates: stop at the tokenizer's end ids, pad with its pad id."""
+    """Greedy decoding as geor_jax evaluates (``sampling.SamplingConfig(greedy=True)``): stop at the
+    tokenizer's end ids, pad with its pad id, suppress the image / video placeholders."""
     ids = tokenizer.special_ids
     return transformers.GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=list(ids.eos),
-                                         pad_token_id=ids.pad, bos_token_id=ids.endoftext)
+                                         pad_token_id=ids.pad, bos_token_id=ids.endoftext,
+                                         suppress_tokens=sorted({ids.image_pad, ids.video_pad}))
 
 
 def export_policy(graphdef, params, tokenizer: tokenizer_lib.Tokenizer, directory: str, config: ExportConfig,
