@@ -16,9 +16,12 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Iterable, Iterator
 
 import tqdm
 from absl import flags
+
+from geor_jax import paths
 
 _EVERY_S = flags.DEFINE_float("progress_every_s", 30.0, "Seconds between progress log lines of long loops.")
 logger = logging.getLogger("geor_jax")
@@ -90,8 +93,30 @@ class Progress:
         logger.info("%s", self.line(final=True))
         self.show = False
 
+    def counted(self, items: Iterable) -> Iterator:
+        """``items``, each counted as one unit as it is taken."""
+        for item in items:
+            self.update()
+            yield item
+
     def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def csv_rows(files: Iterable[str]) -> int:
+    """The data rows of CSV files (local or URLs) with a header each: the total of a progress over them.
+
+    Counts newlines in 16 MB blocks (about a second per GB); a newline quoted
+    inside a cell counts as a row, which only moves the ETA.
+    """
+    rows = 0
+    for file in files:
+        lines, last = 0, b"\n"
+        with paths.as_path(file).open("rb") as f:
+            for block in iter(lambda: f.read(16 << 20), b""):
+                lines, last = lines + block.count(b"\n"), block[-1:]
+        rows += max(lines + (last != b"\n") - 1, 0)
+    return rows

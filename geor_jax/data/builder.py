@@ -40,7 +40,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
-from geor_jax import regions
+from geor_jax import progress, regions
 from geor_jax.data import archives, encoding, layouts, report as report_lib, rows
 
 BadRowsError = report_lib.BadRowsError
@@ -290,7 +290,8 @@ class GeoCorRecords(tfds.core.GeneratorBasedBuilder):
         ids = options.read_ids()
         shard, num_shards = options.shard
         keep = None if num_shards == 1 else (lambda row: rows.shard_of(row.id, num_shards) == shard)
-        outcomes = rows.scan(layouts.read_rows(csv_path, layout), locator, ids=ids, keep=keep)
+        shown = progress.Progress(f"building {config.name} {split}", progress.csv_rows([csv_path]), unit="rows")
+        outcomes = rows.scan(shown.counted(layouts.read_rows(csv_path, layout)), locator, ids=ids, keep=keep)
         rule, seen = rows.FirstReadableCopy(), set()  # seen: with an id list, the listed ids some row has
         workers = os.cpu_count() if options.num_workers is None else options.num_workers
 
@@ -316,7 +317,7 @@ class GeoCorRecords(tfds.core.GeneratorBasedBuilder):
                 yield chunk
 
         with _ImageLoader(workers, config.max_long_side, config.jpeg_quality) as loader, \
-                self._coordinates_file(split) as coordinates:
+                self._coordinates_file(split) as coordinates, shown:
             coordinates.write(COORDINATES_HEADER + "\n")
             pending = collections.deque()  # two chunks in flight: workers decode the next while this one is written
             for chunk in chunks():
@@ -353,9 +354,10 @@ class GeoCorRecords(tfds.core.GeneratorBasedBuilder):
         """The records of ``records_dir`` whose id is in ``ids_path``, as they are (MP16-Hard from MP16-Pro)."""
         report, ids = self.build_report, self.options.read_ids()
         source, seen = open_records(records_dir, split), set()
-        with self._coordinates_file(split) as coordinates:
+        with self._coordinates_file(split) as coordinates, \
+                progress.Progress(f"filtering {split} records", len(source), unit="records") as shown:
             coordinates.write(COORDINATES_HEADER + "\n")
-            for i in range(len(source)):
+            for i in shown.counted(range(len(source))):
                 record = source[i]
                 image_id = record["id"].decode()
                 if image_id not in ids:
