@@ -84,9 +84,13 @@ def test_two_processes_evaluate_every_example_once_as_one_process_does(tmp_path)
     port = free_port()
     runs = [start(2, "two", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}")
             for i in range(2)] + [start(4, "one")]
+    errors = []
     for run in runs:
         out, err = run.communicate(timeout=600)
         assert run.returncode == 0, err[-3000:]
+        errors.append(err)
+    done = "evaluation: 11/11 examples (100.0%) in "  # the progress summary, from process 0 only
+    assert done in errors[0] and done in errors[2] and "evaluation:" not in errors[1]
 
     source = builder.open_records(records, "test")
     ids = [source[i]["id"].decode() for i in range(len(source))]

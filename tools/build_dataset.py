@@ -33,6 +33,7 @@ import time
 import tensorflow_datasets as tfds
 from absl import app, flags
 
+from geor_jax import paths
 from geor_jax.data import archives, builder, demo_world, layouts, tokenizer
 from geor_jax.run import cli
 
@@ -98,6 +99,9 @@ def main(argv):
     del argv
     start = time.perf_counter()
     tfds.disable_progress_bar()  # geor_jax.progress reports the build, with a total and an ETA
+    if paths.is_url(FLAGS.data_dir):
+        raise app.UsageError(f"--data_dir={FLAGS.data_dir}: records are built on a local disk (array_record writes "
+                             "local files only); build there, then copy the folder to the bucket")
     try:
         if FLAGS.demo:
             records_dir, report = demo_world.build_demo_records(FLAGS.data_dir, num_images=FLAGS.demo_images,

@@ -40,7 +40,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
-from geor_jax import progress, regions
+from geor_jax import paths, progress, regions
 from geor_jax.data import archives, encoding, layouts, report as report_lib, rows
 
 BadRowsError = report_lib.BadRowsError
@@ -426,6 +426,9 @@ def build_records(layout: str, manual_dir: str, data_dir: str, *, config_name: s
     Raises ``layouts.LayoutError`` for a CSV that does not fit the layout and ``BadRowsError`` when too
     few rows are good (nothing is published then).
     """
+    if paths.is_url(data_dir):
+        raise ValueError(f"data_dir {data_dir}: records are built on a local disk (array_record writes local files "
+                         "only); build there, then copy the folder to the bucket, which training reads")
     content = dict(config_name=config_name, split=split, max_long_side=max_long_side, jpeg_quality=jpeg_quality)
     build_options = BuildOptions(index_dir=os.path.join(data_dir, "archive_indexes"), **options)
     if build_options.from_records and not build_options.ids_path:
