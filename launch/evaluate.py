@@ -2,7 +2,7 @@
 
   .venv/bin/python launch/evaluate.py --config=configs/demo.py:sft \\
       --hf_dir=/tmp/geor_demo/grpo/hf --output_dir=/tmp/geor_demo/eval \\
-      [--config.eval.records_dir=... --config.eval.split=test --config.eval.num_examples=3000]
+      [--config.eval.records_dir=... --config.eval.split=test --config.eval.num_examples=0]
 
 The model comes from a HF checkpoint directory (one that ``launch/train.py``
 exported, or a downloaded Qwen2.5-VL); the config gives the mesh, data and

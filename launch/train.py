@@ -18,7 +18,8 @@ from geor_jax.run import cli, loop
 from geor_jax.run import config as run_config
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (e.g. configs/demo.py:sft).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, logs and the exported HF checkpoint go here (local or a URL).")
+_WORKDIR = flags.DEFINE_string("workdir", None,
+                                "Checkpoints, logs and the exported HF checkpoint go here (local or a URL).")
 _JOIN = cli.distributed_flags()
 
 

@@ -62,7 +62,8 @@ def test_cli_writes_kept_ids(tmp_path, on_urls):
                                  ("paris", 40.0, -3.7), ("sydney", "", "")])               # wrong, unparsable
     out = tmp_path / "hard.txt"
     subprocess.run([sys.executable, *runner, os.path.join(ROOT, "tools", "mine_hard.py"),
-                    f"--train={name('train.csv')}", f"--predictions={name('preds.csv')}", f"--output={name('hard.txt')}"],
+                    f"--train={name('train.csv')}", f"--predictions={name('preds.csv')}",
+                    f"--output={name('hard.txt')}"],
                    check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT, "LFS_ROOT": str(root)},
                    capture_output=True)
     assert out.read_text().split() == ["osaka", "paris", "lyon", "sydney"]  # Tokyo, Yokohama within 200 km

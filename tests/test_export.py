@@ -51,12 +51,12 @@ def test_transformers_answers_the_export_as_geor_jax_does(setup):
     ids = hf_tokenizer(text, return_tensors="pt")["input_ids"]
     real = batch.arrays["prompt_mask"][0] == 1
     np.testing.assert_array_equal(ids[0].numpy(), batch.arrays["prompt_tokens"][0][real])  # same prompt
-    rows = len(batch.arrays["pixel_values"]) // 2
+    pixels, rows = batch.arrays["pixel_values"], len(batch.arrays["pixel_values"]) // 2
     theirs = []
     for i in range(2):  # the image's patches are the pipeline's (the processor-level test is issue 15's)
         with torch.no_grad():
             out = hf_model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                                    pixel_values=torch.from_numpy(batch.arrays["pixel_values"][i * rows:(i + 1) * rows]),
+                                    pixel_values=torch.from_numpy(pixels[i * rows:(i + 1) * rows]),
                                     image_grid_thw=torch.tensor([batch.grid_thw]))
         theirs.append(hf_tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
     assert theirs == ours and all(theirs), (theirs, ours)

@@ -35,4 +35,5 @@ def test_pod_setup_bootstraps_every_worker_for_tpu(tmp_path):
     result = subprocess.run(["bash", "launch/tpu_pod.sh", "pod", "us-east5-a", "--setup"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[-2:] == ["--worker=all", "--command=cd /srv/geor_jax && bash tools/bootstrap.sh --tpu"]
+    remote = "--command=cd /srv/geor_jax && bash tools/bootstrap.sh --tpu"
+    assert result.stdout.splitlines()[-2:] == ["--worker=all", remote]
