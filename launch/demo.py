@@ -18,7 +18,7 @@ import time
 
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
 from geor_jax import evaluate, rewards, sampling
 from geor_jax.data import demo_world, pipeline
@@ -102,7 +102,6 @@ def reward_curve(workdir: str) -> list[tuple[int, float]]:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)  # orbax and tfds log every step at INFO
     root = _ROOT.value
     started = time.perf_counter()
     for stage in ("sft", "grpo", "report"):

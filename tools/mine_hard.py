@@ -17,14 +17,14 @@ become GRPO records with ``tools/build_dataset.py --from_records=... --ids=...``
     python tools/mine_hard.py --benchmark --num_train=1000000 --num_hotspots=100000
 """
 
-import glob
 import json
-import os
 import time
 
 import numpy as np
 from absl import app, flags
+from etils import epath
 
+from geor_jax import progress
 from geor_jax.data import hard_mining
 from geor_jax.run import cli
 
@@ -43,7 +43,7 @@ flags.DEFINE_integer("num_hotspots", 100_000, "Benchmark: hotspots.")
 
 def training_files(records_dir, split):
     """The coordinates files built records keep next to them (one, or one per Beam shard)."""
-    paths = sorted(glob.glob(os.path.join(records_dir, f"{split}.coordinates*.csv")))
+    paths = sorted(str(p) for p in epath.Path(records_dir).glob(f"{split}.coordinates*.csv"))
     if not paths:
         raise app.UsageError(f"{records_dir} has no {split}.coordinates*.csv (records built before it existed): "
                              "rebuild them, or pass --train with an id,lat,lon CSV")
@@ -79,14 +79,14 @@ def main(argv):
     start = time.perf_counter()
     paths = training_files(FLAGS.records_dir, FLAGS.split) if FLAGS.records_dir else [FLAGS.train]
     predictions = hard_mining.read_predictions(FLAGS.predictions)
-    partial = f"{FLAGS.output}.partial"
-    with open(partial, "w", encoding="utf-8") as out:
-        summary = hard_mining.mine_streaming(lambda: hard_mining.iter_id_coordinates(paths),
-                                             predictions, out, FLAGS.radius_km, FLAGS.correct_km)
-    os.replace(partial, FLAGS.output)
+    output = epath.Path(FLAGS.output)  # local or a URL, like every input
+    partial = output.with_name(f"{output.name}.partial")
+    with partial.open("w", encoding="utf-8") as out:
+        summary = hard_mining.mine_streaming(lambda: hard_mining.iter_id_coordinates(paths), predictions, out,
+                                             FLAGS.radius_km, FLAGS.correct_km, progress.csv_rows(paths))
+    partial.replace(output)
     summary["seconds"] = round(time.perf_counter() - start, 3)
-    with open(FLAGS.output + ".summary.json", "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2)
+    output.with_name(f"{output.name}.summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary))
 
 
