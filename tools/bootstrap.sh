@@ -38,7 +38,9 @@ fi
 pip=("$venv/bin/python" -m pip install -q)
 has_cpu_torch="import importlib.metadata as m; assert m.version('torch') == '$TORCH_VERSION+cpu'"
 if [ "$extra" = test ] && ! "$venv/bin/python" -c "$has_cpu_torch" 2> /dev/null; then
-  "${pip[@]}" "torch==$TORCH_VERSION" --index-url "$TORCH_INDEX"  # first: the test extra's torch pin is then met
+  # First, so the test extra's torch pin is then met. Few retries: where the index is unreachable (an offline mirror
+  # with the wheel in pip's find-links) pip falls back in seconds instead of retrying for half a minute.
+  "${pip[@]}" --retries 2 "torch==$TORCH_VERSION" --index-url "$TORCH_INDEX"
 fi
 "${pip[@]}" -e ".[$extra]"
 case "$platform" in  # jax itself is pinned by setup.py; the plugins of other platforms are removed
