@@ -29,6 +29,8 @@ CORE = [
     "pycountry==26.2.16",
     "matplotlib==3.11.2",
     "tensorboardX==2.6.5",
+    "etils[epath]==1.15.0",  # every path may be a URL (geor_jax.paths); orbax uses it too
+    "tqdm==4.70.1",  # progress bars on a terminal (geor_jax.progress)
 ]
 
 PYTEST = ["pytest==9.2.0", "pytest-xdist==3.8.0", "hypothesis==6.170.15"]

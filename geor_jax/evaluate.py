@@ -14,7 +14,9 @@ import contextlib
 import csv
 import dataclasses
 import functools
+import io
 import json
+import logging
 import os
 from collections.abc import Mapping, Sequence
 
@@ -23,7 +25,7 @@ import numpy as np
 import reverse_geocoder
 from matplotlib.figure import Figure  # no pyplot: plotting never picks a GUI backend or global state
 
-from geor_jax import config_fields, geo, regions, rewards, sampling, sharding
+from geor_jax import config_fields, geo, paths, progress, regions, rewards, sampling, sharding
 from geor_jax.data import pipeline
 
 LEVELS = rewards.LEVELS
@@ -33,14 +35,14 @@ LEVELS = rewards.LEVELS
 class EvalConfig:
     """Held-out evaluation during and after a run: greedy answers on ``records_dir`` ("": none).
 
-    num_examples: at most this many examples (0: the whole split);
+    num_examples: the first this many examples (0, the default: the whole split; a cut is logged);
     every_steps: evaluate every N training steps (0: only at the end).
     """
 
     records_dir: str = ""
     split: str = "test"
     batch_size: int = config_fields.field(64, config_fields.at_least(1))
-    num_examples: int = config_fields.field(3000, config_fields.at_least(0))
+    num_examples: int = config_fields.field(0, config_fields.at_least(0))
     every_steps: int = config_fields.field(1000, config_fields.at_least(0))
     max_new_tokens: int = config_fields.field(128, config_fields.at_least(1))
 
@@ -93,51 +95,68 @@ def evaluate_answers(
     return metrics, per_example
 
 
+def _host_truth(batch: pipeline.Batch) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """All hosts' ids and float64 lat / lon of ``batch``'s rows, in global row order, on every host."""
+    ids = sharding.gather_strings(batch.host["id"])
+    lat, lon = (sharding.gather_exact(np.asarray(batch.host[k], np.float64)) for k in ("lat", "lon"))
+    device_lat = sharding.to_host(batch.arrays["lat"])
+    if not np.array_equal(lat.astype(np.float32), device_lat):  # hosts' rows are not in device row order
+        raise RuntimeError("the gathered host rows do not match the global batch's rows: build the mesh from "
+                           "jax.devices() in order (process by process)")
+    return ids, lat, lon
+
+
 def generate_answers(model, tokenizer, batches, max_new_tokens: int, *, mesh=None,
-                     max_examples: int | None = None) -> dict:
+                     max_examples: int | None = None, total: int | None = None) -> dict:
     """Greedy answers for the examples of ``batches`` (pipeline ``Batch``es), padding dropped.
 
-    Returns ``texts``, ``lat``, ``lon`` (ground truth), ``regions`` (the
-    truth's Chain of Region, recomputed from lat/lon so every host has all
-    of it) and, on a single host, the record ``ids``, for at most
-    ``max_examples`` examples (None or 0: all). On a single host the truth is the records'
-    float64 (``Batch.host``); across hosts it is the devices' float32 copy
-    (points moved by up to 0.87 m), the only one every host sees.
+    Returns ``texts``, ``lat``, ``lon`` (the records' float64 ground truth),
+    ``ids`` and ``regions`` (the truth's Chain of Region, recomputed from
+    lat/lon) of the first ``max_examples`` examples (None or 0: all), the
+    same on every host: each host's rows are gathered, in global batch order.
+    Progress (``total`` examples expected, if known) is logged from process 0.
     """
     config = sampling.SamplingConfig(max_new_tokens=max_new_tokens, greedy=True,
                                      stop_tokens=tokenizer.special_ids.eos, pad_id=tokenizer.special_ids.pad)
     texts, lat, lon, ids = [], [], [], []
-    for batch in batches:
-        a = batch.arrays
-        rollout = sampling.sample_groups(model, batch.prompts(), jax.random.key(0), config, group_size=1, mesh=mesh)
-        keep = sharding.to_host(a["example_mask"]) == 1
-        texts += [text for text, k in zip(sampling.decode_completions(tokenizer, rollout), keep) if k]
-        if jax.process_count() == 1:  # this host holds every example
-            ids += [str(i) for i in np.asarray(batch.host["id"])[keep]]
-            lat.append(np.asarray(batch.host["lat"], np.float64)[keep])
-            lon.append(np.asarray(batch.host["lon"], np.float64)[keep])
-        else:
-            lat.append(sharding.to_host(a["lat"])[keep])
-            lon.append(sharding.to_host(a["lon"])[keep])
-        if max_examples and len(texts) >= max_examples:
-            break
+    with progress.Progress("evaluation", total, show=jax.process_index() == 0) as shown:
+        for batch in batches:
+            rollout = sampling.sample_groups(model, batch.prompts(), jax.random.key(0), config, group_size=1,
+                                             mesh=mesh)
+            keep = sharding.to_host(batch.arrays["example_mask"]) == 1
+            texts += [text for text, k in zip(sampling.decode_completions(tokenizer, rollout), keep) if k]
+            batch_ids, batch_lat, batch_lon = _host_truth(batch)
+            ids += [i for i, k in zip(batch_ids, keep) if k]
+            lat.append(batch_lat[keep])
+            lon.append(batch_lon[keep])
+            shown.update(int(keep.sum()))
+            if max_examples and len(texts) >= max_examples:
+                break
     if not texts:
         raise ValueError("generate_answers: the batches held no examples")
     limit = max_examples or len(texts)
-    lat, lon = np.concatenate(lat)[:limit].astype(np.float64), np.concatenate(lon)[:limit].astype(np.float64)
-    return {"texts": texts[:limit], "lat": lat, "lon": lon, "ids": ids[:limit] or None,
+    lat, lon = np.concatenate(lat)[:limit], np.concatenate(lon)[:limit]
+    return {"texts": texts[:limit], "lat": lat, "lon": lon, "ids": ids[:limit],
             "regions": regions.chain_of_region(np.stack([lat, lon], axis=1))}
 
 
 def evaluate_policy(model, tokenizer, data: pipeline.PipelineConfig, config: EvalConfig, mesh=None):
     """Greedy answers of ``model`` on the records of an evaluation pipeline (``run.build.eval_pipeline``), scored.
 
-    Returns (metrics, per-example results) of ``evaluate_answers`` and the
-    records' ids (None on multi-host runs).
+    Every example of the split (or the first ``config.num_examples``) is
+    evaluated exactly once across hosts; the results are the same on every
+    host and equal to a single host's. Returns (metrics, per-example results)
+    of ``evaluate_answers`` and the records' ids.
     """
     with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
-        answers = generate_answers(model, tokenizer, pipeline.make_iterator(data, mesh), config.max_new_tokens,
-                                   mesh=mesh, max_examples=config.num_examples)
+        batches = pipeline.make_iterator(data, mesh)
+        total = batches.num_records
+        if config.num_examples and config.num_examples < total:
+            logging.warning("evaluating the first %d of the %d examples of %s (eval.num_examples; 0 = all)",
+                            config.num_examples, total, data.records_dir)
+            total = config.num_examples
+        answers = generate_answers(model, tokenizer, batches, config.max_new_tokens, mesh=mesh,
+                                   max_examples=config.num_examples, total=total)
     metrics, per_example = evaluate_answers(answers["texts"], answers["lat"], answers["lon"], answers["regions"])
     return metrics, per_example, answers["ids"]
 
@@ -184,7 +203,7 @@ def plot_error_cdf(distances: Mapping[str, np.ndarray], path: str,
     axes.set(xscale="log", xlim=(0.1, 20050), ylim=(0, 1), xlabel="error (km)", ylabel="share of images within")
     axes.legend(loc="upper left")
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    _save_png(figure, path)
 
 
 def plot_world_scatter(pred_lat, pred_lon, true_lat, true_lon, valid, path: str, title: str = "") -> None:
@@ -204,7 +223,14 @@ def plot_world_scatter(pred_lat, pred_lon, true_lat, true_lon, valid, path: str,
     axes.set_aspect("equal")
     axes.legend(loc="lower left")
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    _save_png(figure, path)
+
+
+def _save_png(figure: Figure, path: str) -> None:
+    """``figure`` as a PNG at ``path`` (local or a URL)."""
+    data = io.BytesIO()
+    figure.savefig(data, format="png", dpi=120)
+    paths.as_path(path).write_bytes(data.getvalue())
 
 
 @functools.cache
@@ -217,9 +243,10 @@ def _world_places(stride: int = 3) -> tuple[np.ndarray, np.ndarray]:
 
 
 def write_predictions(path: str, ids: Sequence[str], per_example: Mapping[str, np.ndarray]) -> None:
-    """One CSV row per example: id, truth, prediction, validity, error (tools/mine_hard.py reads it)."""
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
+    """One CSV row per example, at ``path`` (local or a URL): id, truth, prediction, validity, error
+    (tools/mine_hard.py reads it)."""
+    with paths.as_path(path).open("w") as f:
+        writer = csv.writer(f, lineterminator="\n")
         writer.writerow(["id", "lat", "lon", "pred_lat", "pred_lon", "valid", "distance_km"])
         for i, example_id in enumerate(ids):
             writer.writerow([example_id, per_example["true_lat"][i], per_example["true_lon"][i],
@@ -229,19 +256,20 @@ def write_predictions(path: str, ids: Sequence[str], per_example: Mapping[str, n
 
 def write_outputs(out_dir: str, runs: Mapping[str, tuple[Mapping[str, float], Mapping[str, np.ndarray]]],
                   title: str = "Geolocation results") -> str:
-    """metrics.json, report.md, error_cdf.png and world_<run>.png for one or more runs; returns the report.
+    """metrics.json, report.md, error_cdf.png and world_<run>.png for one or more runs in ``out_dir``
+    (local or a URL); returns the report.
 
     ``runs`` maps a run name to ``evaluate_answers``' (metrics, per_example).
     """
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-        json.dump({name: dict(metrics) for name, (metrics, _) in runs.items()}, f, indent=2)
+    out = paths.as_path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps({name: dict(metrics) for name, (metrics, _) in runs.items()},
+                                                 indent=2))
     report = markdown_report({name: metrics for name, (metrics, _) in runs.items()}, title)
-    with open(os.path.join(out_dir, "report.md"), "w") as f:
-        f.write(report)
-    plot_error_cdf({name: per["distance_km"] for name, (_, per) in runs.items()}, os.path.join(out_dir, "error_cdf.png"))
+    (out / "report.md").write_text(report)
+    plot_error_cdf({name: per["distance_km"] for name, (_, per) in runs.items()}, str(out / "error_cdf.png"))
     for name, (_, per) in runs.items():
         slug = "".join(ch if ch.isalnum() else "_" for ch in name.lower()).strip("_")
         plot_world_scatter(per["pred_lat"], per["pred_lon"], per["true_lat"], per["true_lon"], per["valid"],
-                           os.path.join(out_dir, f"world_{slug}.png"), title=name)
+                           str(out / f"world_{slug}.png"), title=name)
     return report

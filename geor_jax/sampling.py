@@ -335,8 +335,8 @@ def decode(graphdef: nnx.GraphDef, state: nnx.State, cache: KVCache, logits: jax
 
 
 def _host_value(x) -> np.ndarray:
-    """A small reduced value on the host (works for global multi-host arrays too)."""
-    return np.asarray(jax.device_get(x))
+    """A small reduced value on the host (gathered when it spans other hosts' devices)."""
+    return sharding_lib.to_host(x)
 
 
 def validate_inputs(model: Qwen2VL, prompts: Prompts, group_size, config: SamplingConfig) -> None:

@@ -224,6 +224,19 @@ def gather_strings(strings: Sequence[str]) -> list[str]:
             for p in range(len(counts)) for i in range(int(counts[p, 0]))]
 
 
+def gather_exact(values: np.ndarray) -> np.ndarray:
+    """Every process's 1-D host array, concatenated in process order, bit for bit, on every process.
+
+    Sent as uint32 words, so float64 arrives unrounded (JAX without x64 would
+    cast it to float32). Every process must pass the same length and dtype.
+    """
+    values = np.ascontiguousarray(values)
+    if jax.process_count() == 1:
+        return values
+    words = values.view(np.uint32).reshape(len(values), -1)
+    return np.asarray(multihost_utils.process_allgather(words)).astype(np.uint32).view(values.dtype).reshape(-1)
+
+
 def batch_sharding(mesh: Mesh, ndim: int, batch_axis: int = 0) -> NamedSharding:
     """Sharding of an input whose ``batch_axis`` is split over the data and fsdp axes."""
     spec = [None] * ndim

@@ -19,7 +19,7 @@ import pathlib
 import shutil
 import time
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from geor_jax import evaluate, stats
 from geor_jax.run import cli, recipe
@@ -70,7 +70,6 @@ def reward_curve(workdir: str) -> list[tuple[int, float]]:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)  # orbax and tfds log every step at INFO
     root, seed = _ROOT.value, _SEED.value
     started = time.perf_counter()
     for stale in (f"seed_{seed}", "report"):

@@ -9,7 +9,7 @@
 #   COORDINATOR=node0:1234 NUM_PROCESSES=2 PROCESS_ID=0 launch/gpu.sh launch/train.py ...
 #   COORDINATOR=node0:1234 NUM_PROCESSES=2 PROCESS_ID=1 launch/gpu.sh launch/train.py ...
 # (Under Slurm or Open MPI the variables can be left out: they are detected.)
-# Install the CUDA build of jaxlib once: .venv/bin/pip install 'jax[cuda12]==0.10.2'
+# Install once, with the CUDA 12 build of jax: bash tools/bootstrap.sh --cuda12
 set -euo pipefail
 if [ $# -lt 1 ]; then
   echo "usage: [COORDINATOR=host:port NUM_PROCESSES=N PROCESS_ID=i] $0 SCRIPT [ARGS...]" >&2

@@ -18,7 +18,7 @@ tpu_name=$1 zone=$2
 shift 2
 repo_dir=${REPO_DIR:-$(cd "$(dirname "$0")/.." && pwd)}
 if [ "$1" = "--setup" ]; then
-  remote="cd $repo_dir && bash tools/bootstrap.sh && .venv/bin/pip install -q 'jax[tpu]==0.10.2'"
+  remote="cd $repo_dir && bash tools/bootstrap.sh --tpu"
 else
   remote="cd $repo_dir && .venv/bin/python $(printf '%q ' "$@")"
 fi

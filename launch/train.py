@@ -11,26 +11,24 @@ anything is written to the workdir.
 """
 
 import jax
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from geor_jax import sharding
 from geor_jax.run import cli, loop
 from geor_jax.run import config as run_config
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (e.g. configs/demo.py:sft).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, logs and the exported HF checkpoint go here.")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-node GPU: host:port of process 0.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-node GPU: number of processes.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-node GPU: this process's index.")
+_WORKDIR = flags.DEFINE_string("workdir", None,
+                                "Checkpoints, logs and the exported HF checkpoint go here (local or a URL).")
+_JOIN = cli.distributed_flags()
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)  # orbax and tfds log every step at INFO
-    sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    _JOIN()
     config = run_config.resolve(_CONFIG.value, jax.device_count())
+    cli.use_compilation_cache(config.train.compilation_cache_dir, _WORKDIR.value)
     loop.run(config, _WORKDIR.value)
 
 

@@ -28,6 +28,7 @@ import zlib
 
 import jax
 import numpy as np
+from etils import epath
 
 from geor_jax import evaluate, rewards, sampling
 from geor_jax.data import pipeline
@@ -60,12 +61,13 @@ def probed_next(self):
 
 
 def wait_for_checkpoint(timeout_s: float = 300) -> None:
-    """Until ``<workdir>/checkpoints/<PROBE_KILL_AFTER_SAVE_OF>`` exists (orbax renames a step there when complete)."""
+    """Until ``<workdir>/checkpoints/<PROBE_KILL_AFTER_SAVE_OF>`` exists (orbax renames a step there when
+    complete; the workdir may be a URL)."""
     if not SAVED_STEP:
         return
     workdir = next(arg.split("=", 1)[1] for arg in sys.argv if arg.startswith("--workdir="))
     deadline = time.monotonic() + timeout_s
-    while not os.path.isdir(os.path.join(workdir, "checkpoints", SAVED_STEP)):
+    while not (epath.Path(workdir) / "checkpoints" / SAVED_STEP).is_dir():
         if time.monotonic() > deadline:
             raise TimeoutError(f"checkpoint of step {SAVED_STEP} not written within {timeout_s} s")
         time.sleep(0.1)

@@ -40,6 +40,7 @@ def test_config_resolves(name, arg):
     if name != "demo.py":
         assert run.model.init_from and run.data.tokenizer_dir == run.model.init_from
         assert run.model.dtype == "bfloat16" and run.model.remat and run.mesh.fsdp == 8
+        assert run.export.dtype == "bfloat16" and run.eval.num_examples == 0  # serve bf16; evaluate all
 
 
 def test_real_configs_follow_the_paper():

@@ -395,3 +395,18 @@ def test_generic_csv_with_column_mapping(tmp_path):
     records = _records(records_dir, "train")
     assert sorted(records) == [f"k{i}" for i in range(5)] and report.written == 5
     assert [float(records[f"k{i}"]["lat"]) for i in range(5)] == [p[1] for p in data_fixtures.PLACES]
+
+
+def test_a_url_data_dir_is_refused_in_one_line_not_written_to_a_local_folder_named_gs(tmp_path):
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with pytest.raises(ValueError, match=r"^data_dir gs://bucket/records: records are built on a local disk"):
+        builder.build_records("generic", str(tmp_path), "gs://bucket/records")
+    result = subprocess.run([sys.executable, os.path.join(root, "tools", "build_dataset.py"), "--demo",
+                             "--data_dir=gs://bucket/records"], cwd=tmp_path, env={**os.environ, "PYTHONPATH": root},
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "--data_dir=gs://bucket/records: records are built on a local disk" in result.stderr
+    assert not (tmp_path / "gs:").exists()

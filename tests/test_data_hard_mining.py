@@ -46,7 +46,13 @@ def test_no_hotspots_keeps_everything_and_correct_predictions():
     np.testing.assert_array_equal(correct, [True, False, False])
 
 
-def test_cli_writes_kept_ids(tmp_path):
+@pytest.mark.parametrize("on_urls", [False, True])
+def test_cli_writes_kept_ids(tmp_path, on_urls):
+    """Local files, or every input and output on a URL (``lfs://``, tests/url_scheme.py)."""
+    root, tmp_path = tmp_path, tmp_path / "bucket"
+    tmp_path.mkdir()
+    name = (lambda file: f"lfs://bucket/{file}") if on_urls else (lambda file: str(tmp_path / file))
+    runner = [os.path.join(ROOT, "tests", "url_scheme.py")] if on_urls else []
     train = [("tokyo", 35.6895, 139.6917), ("yokohama", 35.4437, 139.6380), ("osaka", 34.6937, 135.5023),
              ("paris", 48.8566, 2.3522), ("lyon", 45.7640, 4.8357), ("sydney", -33.8688, 151.2093)]
     with open(tmp_path / "train.csv", "w", newline="") as f:
@@ -55,9 +61,11 @@ def test_cli_writes_kept_ids(tmp_path):
         csv.writer(f).writerows([("id", "pred_lat", "pred_lon"), ("tokyo", 35.70, 139.70),  # solved -> hotspot
                                  ("paris", 40.0, -3.7), ("sydney", "", "")])               # wrong, unparsable
     out = tmp_path / "hard.txt"
-    subprocess.run([sys.executable, os.path.join(ROOT, "tools", "mine_hard.py"), f"--train={tmp_path / 'train.csv'}",
-                    f"--predictions={tmp_path / 'preds.csv'}", f"--output={out}"],
-                   check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True)
+    subprocess.run([sys.executable, *runner, os.path.join(ROOT, "tools", "mine_hard.py"),
+                    f"--train={name('train.csv')}", f"--predictions={name('preds.csv')}",
+                    f"--output={name('hard.txt')}"],
+                   check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT, "LFS_ROOT": str(root)},
+                   capture_output=True)
     assert out.read_text().split() == ["osaka", "paris", "lyon", "sydney"]  # Tokyo, Yokohama within 200 km
     summary = json.load(open(f"{out}.summary.json"))
     assert summary["hotspots"] == 1 and summary["kept"] == 4

@@ -5,7 +5,8 @@ model than the demo's, under ``tests/run_probe.py``, which records each
 step's example ids, sampling key and scored rollout, and can SIGKILL the run
 mid-way. A resumed run must reproduce the uninterrupted one bit for bit:
 the batches of every step, every logged metric, the final params and the
-optimizer state.
+optimizer state. The SFT run is killed and resumed on a URL workdir
+(``lfs://``, ``tests/url_scheme.py``) and compared with a local one.
 """
 
 import json
@@ -17,8 +18,9 @@ import sys
 
 import numpy as np
 import pytest
+import url_scheme
 
-from geor_jax import geo, regions
+from geor_jax import geo, paths, regions
 from geor_jax.data import builder, demo_world
 from geor_jax.data import tokenizer as tokenizer_lib
 
@@ -59,21 +61,31 @@ def environment(**extra) -> dict:
     return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", **extra)
 
 
-def launch(script: str, args: list[str]) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, f"launch/{script}", *args], cwd=ROOT, capture_output=True, text=True,
-                            timeout=900, env=environment())
+def with_urls(command: list[str], url_root: pathlib.Path | None) -> tuple[list[str], dict]:
+    """``command`` (a script and its args) run under tests/url_scheme.py when ``url_root`` backs lfs://."""
+    if url_root is None:
+        return command, {}
+    return ["tests/url_scheme.py", *command], {url_scheme.ROOT_VARIABLE: str(url_root)}
+
+
+def launch(script: str, args: list[str], url_root: pathlib.Path | None = None) -> subprocess.CompletedProcess:
+    command, extra = with_urls([f"launch/{script}", *args], url_root)
+    result = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True,
+                            timeout=900, env=environment(**extra))
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result
 
 
-def probe(args: list[str], log: pathlib.Path, kill_at_batch: int = 0, scorer: str = "") -> subprocess.CompletedProcess:
+def probe(args: list[str], log: pathlib.Path, kill_at_batch: int = 0, scorer: str = "",
+          url_root: pathlib.Path | None = None) -> subprocess.CompletedProcess:
     """``launch/train.py args`` under tests/run_probe.py; a killed run must die of SIGKILL, any other succeed.
 
     A killed run dies as it draws batch ``kill_at_batch``, once step 2's checkpoint is on disk.
     """
+    command, extra = with_urls(["tests/run_probe.py", *args], url_root)
     env = environment(PROBE_LOG=str(log), PROBE_KILL_AT_BATCH=str(kill_at_batch), PROBE_KILL_AFTER_SAVE_OF="2",
-                      PROBE_SCORER=scorer)
-    result = subprocess.run([sys.executable, "tests/run_probe.py", *args], cwd=ROOT, capture_output=True, text=True,
+                      PROBE_SCORER=scorer, **extra)
+    result = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True,
                             timeout=900, env=env)
     expected = -signal.SIGKILL if kill_at_batch else 0
     assert result.returncode == expected, result.stdout[-2000:] + result.stderr[-4000:]
@@ -111,12 +123,17 @@ def resumed_from(result: subprocess.CompletedProcess) -> int:
     return int(line.rsplit(" ", 1)[1])
 
 
-def assert_kill_and_resume_is_exact(straight_dir, args, tmp_path, total_steps, kill_at_batch, scorer=""):
-    """Kill a run as it draws batch ``kill_at_batch``, resume it, and compare with the uninterrupted run."""
-    resumed_dir = tmp_path / "resumed"
-    run_args = [f"--workdir={resumed_dir}", *args]
-    probe(run_args, tmp_path / "killed.jsonl", kill_at_batch=kill_at_batch, scorer=scorer)
-    resumed = probe(run_args, tmp_path / "resumed.jsonl", scorer=scorer)
+def assert_kill_and_resume_is_exact(straight_dir, args, tmp_path, total_steps, kill_at_batch, scorer="",
+                                    url_root=None):
+    """Kill a run as it draws batch ``kill_at_batch``, resume it, and compare with the uninterrupted run.
+
+    With ``url_root`` the killed and resumed run's workdir is ``lfs://bucket/resumed``, backed by it.
+    """
+    resumed_dir = tmp_path / "resumed" if url_root is None else url_root / "bucket" / "resumed"
+    workdir = resumed_dir if url_root is None else "lfs://bucket/resumed"
+    run_args = [f"--workdir={workdir}", *args]
+    probe(run_args, tmp_path / "killed.jsonl", kill_at_batch=kill_at_batch, scorer=scorer, url_root=url_root)
+    resumed = probe(run_args, tmp_path / "resumed.jsonl", scorer=scorer, url_root=url_root)
     start = resumed_from(resumed)
     assert start == 2
     steps = probe_steps(tmp_path / "killed.jsonl")[:start] + probe_steps(tmp_path / "resumed.jsonl")
@@ -130,45 +147,62 @@ def assert_kill_and_resume_is_exact(straight_dir, args, tmp_path, total_steps, k
     return steps
 
 
-def test_sft_outputs_resume_exactly_after_sigkill_and_evaluate(data, tmp_path):
-    straight_dir, eval_dir = tmp_path / "straight", tmp_path / "eval"
+def assert_profile(directory: pathlib.Path) -> None:
+    """A JAX profiler trace (one .xplane.pb per host) under ``directory``."""
+    assert list(directory.glob("plugins/profile/*/*.xplane.pb")), sorted(directory.rglob("*"))
+
+
+def test_sft_outputs_resume_exactly_after_sigkill_on_a_url_and_evaluate(data, tmp_path):
+    """SFT with every output checked locally; then the same run killed and resumed on a URL workdir
+    (tokenizer read from a URL) gives the same bits; the URL export evaluates onto a URL."""
+    straight_dir, url_root = tmp_path / "straight", tmp_path / "lfs"
     args = ["--config=configs/demo.py:sft", *overrides(data, 4, checkpoint_every=2)]
-    probe([f"--workdir={straight_dir}", *args], straight_dir.with_suffix(".jsonl"))
+    probe([f"--workdir={straight_dir}", *args, "--config.train.profile_steps=2,3"], straight_dir.with_suffix(".jsonl"))
     (straight_dir / "probe.jsonl").write_bytes(straight_dir.with_suffix(".jsonl").read_bytes())
     logs = [json.loads(line) for line in (straight_dir / "metrics.jsonl").read_text().splitlines()]
     assert {"loss", "grad_norm", "tokens_per_s"} <= set(logs[-2]) and logs[-1]["split"] == "eval"
     assert list((straight_dir / "tensorboard").glob("events.out.tfevents.*"))
-    for name in ("config.json", "tokenizer.json"):
+    for name in ("config.json", "tokenizer.json", "generation_config.json"):
         assert (straight_dir / "hf" / name).is_file(), name
+    assert json.loads((straight_dir / "hf" / "config.json").read_text())["dtype"] == "float32"  # export.dtype
     assert json.loads((straight_dir / "config.json").read_text())["stage"] == "sft"
+    assert_profile(straight_dir / "profile")  # train.profile_steps
+    assert list((straight_dir / "compilation_cache").iterdir())  # JAX's persistent cache, in the workdir
     losses = [row["loss"] for row in train_rows(straight_dir)]
     assert len(set(losses)) == 4  # distinct batches and updates: a replayed first batch would not pass below
 
-    # The killed run checkpoints step 2, dies drawing batch 4 (step 3 done, not saved), and replays 3 and 4.
-    assert_kill_and_resume_is_exact(straight_dir, [*args, NO_EVAL], tmp_path, total_steps=4, kill_at_batch=4)
+    # On lfs://, the killed run checkpoints step 2, dies drawing batch 4 (step 3 done, not saved), and
+    # replays 3 and 4 (profiled: the trace is uploaded); everything matches the local run bit for bit.
+    paths.copy_tree(data[0] / "tok", url_root / "bucket" / "tok")
+    url_args = [*args, NO_EVAL, "--config.data.tokenizer_dir=lfs://bucket/tok", "--config.train.profile_steps=3,4"]
+    assert_kill_and_resume_is_exact(straight_dir, url_args, tmp_path, total_steps=4, kill_at_batch=4,
+                                    url_root=url_root)
+    resumed_dir = url_root / "bucket" / "resumed"
+    assert_profile(resumed_dir / "profile")
+    assert list((resumed_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert (resumed_dir / "hf" / "generation_config.json").is_file()
 
-    result = launch("evaluate.py", ["--config=configs/demo.py:sft", f"--hf_dir={straight_dir / 'hf'}",
-                                    f"--output_dir={eval_dir}", "--name=tiny", *overrides(data, 1)])
+    # All 6 test images (eval.num_examples=0: all), from the URL export onto a URL.
+    result = launch("evaluate.py", ["--config=configs/demo.py:sft", "--hf_dir=lfs://bucket/resumed/hf",
+                                    "--output_dir=lfs://bucket/eval", "--name=tiny", *overrides(data, 1),
+                                    "--config.eval.num_examples=0", "--config.data.tokenizer_dir=lfs://bucket/tok"],
+                    url_root)
+    eval_dir = url_root / "bucket" / "eval"
     metrics = json.loads((eval_dir / "metrics.json").read_text())["tiny"]
     assert metrics["count"] == 6 and 0 <= metrics["valid_rate"] <= 1
     rows = (eval_dir / "predictions.csv").read_text().splitlines()
     assert rows[0] == "id,lat,lon,pred_lat,pred_lon,valid,distance_km" and len(rows) == 7
     for name in ("report.md", "error_cdf.png", "world_tiny.png"):
         assert (eval_dir / name).is_file(), name
+    assert list((eval_dir / "compilation_cache").iterdir())
     assert "| tiny |" in result.stdout
 
 
 def save_tiny_policy(data, directory: pathlib.Path, seed: int = 0, **token_ids) -> pathlib.Path:
     """A random tiny policy with the test tokenizer's vocabulary and ids, saved as a HF checkpoint."""
     import tiny_policy
-    from geor_jax.models import qwen2_5_vl as qvl
 
-    tok = tokenizer_lib.load_tokenizer(data[0] / "tok")
-    ids = {k: v for k, v in tok.special_ids.model_config_overrides().items()
-           if k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")}
-    model = tiny_policy.model(seed, model_config=tiny_policy.config(vocab_size=tok.vocab_size, **ids | token_ids))
-    qvl.save_hf_checkpoint(model, directory)
-    return directory
+    return tiny_policy.save_for_tokenizer(data[0] / "tok", directory, seed, **token_ids)
 
 
 def test_grpo_learns_from_its_own_rows_and_resumes_exactly_after_sigkill(data, tmp_path):

@@ -25,3 +25,15 @@ def test_scripts_print_usage():
     for name, args in (("gpu.sh", []), ("tpu_pod.sh", ["only-a-name"])):
         result = subprocess.run(["bash", f"launch/{name}", *args], cwd=ROOT, capture_output=True, text=True)
         assert result.returncode == 2 and "usage:" in result.stderr
+
+
+def test_pod_setup_bootstraps_every_worker_for_tpu(tmp_path):
+    gcloud = tmp_path / "gcloud"
+    gcloud.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@"\n')
+    gcloud.chmod(0o755)
+    env = dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}", REPO_DIR="/srv/geor_jax")
+    result = subprocess.run(["bash", "launch/tpu_pod.sh", "pod", "us-east5-a", "--setup"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    remote = "--command=cd /srv/geor_jax && bash tools/bootstrap.sh --tpu"
+    assert result.stdout.splitlines()[-2:] == ["--worker=all", remote]

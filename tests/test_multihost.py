@@ -1,5 +1,6 @@
-"""Two CPU processes join one run and feed per-host batches into global arrays."""
+"""Two CPU processes join one run: per-host batches feed global arrays; evaluation covers every example once."""
 
+import os
 import pathlib
 import socket
 import subprocess
@@ -54,3 +55,47 @@ def test_two_processes_build_one_global_batch(tmp_path):
     lines = sorted(out.strip().splitlines()[-1] for out, _ in outputs)
     # 2 hosts x 2 devices; the global lat column holds both hosts' rows: 2*10 + 2*20.
     assert lines == [f"process {i}/2 devices 4 shape (4,) sum 60.0" for i in range(2)]
+
+
+def test_two_processes_evaluate_every_example_once_as_one_process_does(tmp_path):
+    """launch/evaluate.py on 2 processes x 2 devices and on 1 process x 4 (the same data=4 mesh): the 11
+    test images (not a multiple of the batch of 4, nor of the 2 hosts) are all evaluated exactly once,
+    process 0 writes every host's predictions in record order, and the metrics are the same."""
+    import json
+
+    from geor_jax.data import builder, demo_world
+    from geor_jax.data import tokenizer as tokenizer_lib
+    import tiny_policy
+
+    tokenizer_lib.build_demo_tokenizer(tmp_path / "tok", vocab_size=512, texts=tokenizer_lib.demo_corpus(500))
+    records, _ = demo_world.build_demo_records(str(tmp_path / "data"), str(tmp_path / "src"), num_images=11,
+                                               seed=1, height=56, width=56, split="test")
+    tiny_policy.save_for_tokenizer(tmp_path / "tok", tmp_path / "hf")
+    args = ["launch/evaluate.py", "--config=configs/demo.py:sft", f"--hf_dir={tmp_path / 'hf'}", "--name=tiny",
+            f"--config.data.tokenizer_dir={tmp_path / 'tok'}", f"--config.eval.records_dir={records}",
+            "--config.mesh.data=-1", "--config.mesh.fsdp=1", "--config.eval.batch_size=4",
+            "--config.eval.num_examples=0", "--config.eval.max_new_tokens=6", "--config.train.compilation_cache_dir="]
+
+    def start(devices: int, output: str, *extra: str) -> subprocess.Popen:
+        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+        return subprocess.Popen([sys.executable, *args, f"--output_dir={tmp_path / output}", *extra], cwd=ROOT,
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    port = free_port()
+    runs = [start(2, "two", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}")
+            for i in range(2)] + [start(4, "one")]
+    errors = []
+    for run in runs:
+        out, err = run.communicate(timeout=600)
+        assert run.returncode == 0, err[-3000:]
+        errors.append(err)
+    done = "evaluation: 11/11 examples (100.0%) in "  # the progress summary, from process 0 only
+    assert done in errors[0] and done in errors[2] and "evaluation:" not in errors[1]
+
+    source = builder.open_records(records, "test")
+    ids = [source[i]["id"].decode() for i in range(len(source))]
+    metrics = {name: json.loads((tmp_path / name / "metrics.json").read_text())["tiny"] for name in ("two", "one")}
+    assert metrics["two"]["count"] == 11 and metrics["two"] == metrics["one"]
+    predictions = {name: (tmp_path / name / "predictions.csv").read_text().splitlines() for name in ("two", "one")}
+    assert [row.split(",")[0] for row in predictions["two"][1:]] == ids  # each once, in record order
+    assert predictions["two"] == predictions["one"]

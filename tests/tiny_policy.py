@@ -82,3 +82,15 @@ def completions(rows: int, length: int = 5, seed: int = 1) -> tuple[jnp.ndarray,
     lengths = rng.integers(1, length + 1, rows)
     mask = (np.arange(length)[None] < lengths[:, None]).astype(np.int32)
     return jnp.asarray(tokens), jnp.asarray(mask)
+
+
+def save_for_tokenizer(tokenizer_dir, directory, seed: int = 0, **token_ids):
+    """A random tiny policy with the vocabulary and special ids of the tokenizer in ``tokenizer_dir``,
+    saved as a HF checkpoint in ``directory`` (returned)."""
+    from geor_jax.data import tokenizer as tokenizer_lib
+
+    tok = tokenizer_lib.load_tokenizer(tokenizer_dir)
+    ids = {k: v for k, v in tok.special_ids.model_config_overrides().items()
+           if k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")}
+    qvl.save_hf_checkpoint(model(seed, model_config=config(vocab_size=tok.vocab_size, **ids | token_ids)), directory)
+    return directory

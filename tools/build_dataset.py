@@ -16,7 +16,8 @@ chunks) and zips. ``--num_workers`` processes decode images (default: every
 core); ``--shard=i/n`` builds one shard of n on this host (resumable; the run
 finishing the last shard merges); ``--beam_pipeline_options`` runs the build
 on Apache Beam (needs the beam extra's venv, ``tools/bootstrap.sh beam``).
-Prints a tqdm progress bar while examples are generated, then the build
+Logs progress (rows read of the CSV, rate, ETA) every --progress_every_s
+seconds, or draws a bar on a terminal, then prints the build
 report (rows written, rows skipped per reason with examples), saved as
 build_report.json next to the records. A CSV whose header lacks the layout's
 columns, an archive that cannot be read in place, no row written, more than
@@ -29,8 +30,10 @@ import os
 import sys
 import time
 
+import tensorflow_datasets as tfds
 from absl import app, flags
 
+from geor_jax import paths
 from geor_jax.data import archives, builder, demo_world, layouts, tokenizer
 from geor_jax.run import cli
 
@@ -95,6 +98,10 @@ def main(argv):
     """Build the records (or the demo world) and report."""
     del argv
     start = time.perf_counter()
+    tfds.disable_progress_bar()  # geor_jax.progress reports the build, with a total and an ETA
+    if paths.is_url(FLAGS.data_dir):
+        raise app.UsageError(f"--data_dir={FLAGS.data_dir}: records are built on a local disk (array_record writes "
+                             "local files only); build there, then copy the folder to the bucket")
     try:
         if FLAGS.demo:
             records_dir, report = demo_world.build_demo_records(FLAGS.data_dir, num_images=FLAGS.demo_images,

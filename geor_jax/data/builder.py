@@ -40,7 +40,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
-from geor_jax import regions
+from geor_jax import paths, progress, regions
 from geor_jax.data import archives, encoding, layouts, report as report_lib, rows
 
 BadRowsError = report_lib.BadRowsError
@@ -290,7 +290,8 @@ class GeoCorRecords(tfds.core.GeneratorBasedBuilder):
         ids = options.read_ids()
         shard, num_shards = options.shard
         keep = None if num_shards == 1 else (lambda row: rows.shard_of(row.id, num_shards) == shard)
-        outcomes = rows.scan(layouts.read_rows(csv_path, layout), locator, ids=ids, keep=keep)
+        shown = progress.Progress(f"building {config.name} {split}", progress.csv_rows([csv_path]), unit="rows")
+        outcomes = rows.scan(shown.counted(layouts.read_rows(csv_path, layout)), locator, ids=ids, keep=keep)
         rule, seen = rows.FirstReadableCopy(), set()  # seen: with an id list, the listed ids some row has
         workers = os.cpu_count() if options.num_workers is None else options.num_workers
 
@@ -316,7 +317,7 @@ class GeoCorRecords(tfds.core.GeneratorBasedBuilder):
                 yield chunk
 
         with _ImageLoader(workers, config.max_long_side, config.jpeg_quality) as loader, \
-                self._coordinates_file(split) as coordinates:
+                self._coordinates_file(split) as coordinates, shown:
             coordinates.write(COORDINATES_HEADER + "\n")
             pending = collections.deque()  # two chunks in flight: workers decode the next while this one is written
             for chunk in chunks():
@@ -353,9 +354,10 @@ class GeoCorRecords(tfds.core.GeneratorBasedBuilder):
         """The records of ``records_dir`` whose id is in ``ids_path``, as they are (MP16-Hard from MP16-Pro)."""
         report, ids = self.build_report, self.options.read_ids()
         source, seen = open_records(records_dir, split), set()
-        with self._coordinates_file(split) as coordinates:
+        with self._coordinates_file(split) as coordinates, \
+                progress.Progress(f"filtering {split} records", len(source), unit="records") as shown:
             coordinates.write(COORDINATES_HEADER + "\n")
-            for i in range(len(source)):
+            for i in shown.counted(range(len(source))):
                 record = source[i]
                 image_id = record["id"].decode()
                 if image_id not in ids:
@@ -424,6 +426,9 @@ def build_records(layout: str, manual_dir: str, data_dir: str, *, config_name: s
     Raises ``layouts.LayoutError`` for a CSV that does not fit the layout and ``BadRowsError`` when too
     few rows are good (nothing is published then).
     """
+    if paths.is_url(data_dir):
+        raise ValueError(f"data_dir {data_dir}: records are built on a local disk (array_record writes local files "
+                         "only); build there, then copy the folder to the bucket, which training reads")
     content = dict(config_name=config_name, split=split, max_long_side=max_long_side, jpeg_quality=jpeg_quality)
     build_options = BuildOptions(index_dir=os.path.join(data_dir, "archive_indexes"), **options)
     if build_options.from_records and not build_options.ids_path:

@@ -16,16 +16,15 @@ predictions (hotspots) whole.
 
 import csv
 import dataclasses
-import glob
 import json
 import math
-import os
 import time
 
 import numpy as np
 from scipy.spatial import cKDTree
 
-from geor_jax import geo
+from geor_jax import geo, progress
+from geor_jax.paths import as_path
 
 
 def unit_vectors(lat, lon) -> np.ndarray:
@@ -71,7 +70,7 @@ _ID, _LAT, _LON = ("id", "img_id", "image_id", "image_path"), ("lat", "latitude"
 
 
 def _header(path: str) -> list[str]:
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    with as_path(path).open(encoding="utf-8-sig") as f:
         return next(csv.reader(f), None) or []
 
 
@@ -102,11 +101,12 @@ def iter_id_coordinates(paths, block_bytes: int = BLOCK_BYTES):
                                                                           names[1]: pa.float64(),
                                                                           names[2]: pa.float64()})
         try:
-            for batch in pv.open_csv(path, read_options=read, convert_options=convert):
-                ids, lat, lon = (batch.column(name) for name in names)
-                if lat.null_count or lon.null_count:
-                    raise ValueError("empty lat/lon cells")
-                yield ids, lat.to_numpy(), lon.to_numpy()
+            with as_path(path).open("rb") as f:  # pyarrow reads the stream: the file may be a URL
+                for batch in pv.open_csv(f, read_options=read, convert_options=convert):
+                    ids, lat, lon = (batch.column(name) for name in names)
+                    if lat.null_count or lon.null_count:
+                        raise ValueError("empty lat/lon cells")
+                    yield ids, lat.to_numpy(), lon.to_numpy()
         except (pa.ArrowInvalid, ValueError) as error:
             raise ValueError(f"{path}: {str(error).splitlines()[0]}") from None
 
@@ -158,9 +158,10 @@ def read_predictions(path: str) -> Predictions:
     if i is None or (flag is None and None in (pla, plo)):
         raise ValueError(f"{path}: need id and pred_lat/pred_lon (or correct), header is {header}")
     wanted = [c for c in (i, flag, pla, plo, tla, tlo, valid) if c is not None]
-    table = pv.read_csv(path, read_options=pv.ReadOptions(encoding="utf-8"),
-                        convert_options=pv.ConvertOptions(include_columns=wanted,
-                                                          column_types={c: pa.string() for c in wanted}))
+    with as_path(path).open("rb") as f:
+        table = pv.read_csv(f, read_options=pv.ReadOptions(encoding="utf-8"),
+                            convert_options=pv.ConvertOptions(include_columns=wanted,
+                                                              column_types={c: pa.string() for c in wanted}))
     column = lambda c: None if c is None else _numbers(table.column(c))  # noqa: E731
     correct = None if flag is None else np.isin(np.char.lower(np.array(table.column(flag).to_pylist(), str)),
                                                 ["1", "true", "yes"])
@@ -183,7 +184,7 @@ def _match(predictions: Predictions, chunk_ids) -> tuple[np.ndarray, np.ndarray]
 
 
 def mine_streaming(train_chunks, predictions: Predictions, out, radius_km: float = 200.0,
-                   correct_km: float = 25.0) -> dict:
+                   correct_km: float = 25.0, total_rows: int | None = None) -> dict:
     """Write (to the text file ``out``) the training ids farther than ``radius_km`` from every hotspot.
 
     ``train_chunks`` is a callable returning a fresh iterator of (ids, lat,
@@ -192,26 +193,32 @@ def mine_streaming(train_chunks, predictions: Predictions, out, radius_km: float
     hotspot is the truth of a prediction within ``correct_km`` (or flagged
     correct). Memory: the predictions and one chunk, whatever the training
     set's size. Raises ValueError if a predicted id is not in the training set.
+    Each pass logs its progress (``geor_jax.progress``; ``total_rows``, the
+    training set's rows if known, gives the ETA).
     """
     found = np.zeros(len(predictions), bool)
     true_lat, true_lon = predictions.true_lat, predictions.true_lon
     joined = true_lat is None
     if joined:
         true_lat, true_lon = np.full(len(predictions), np.nan), np.full(len(predictions), np.nan)
-        for ids, lat, lon in train_chunks():
-            rows, hit = _match(predictions, ids)
-            true_lat[hit], true_lon[hit], found[hit] = lat[rows], lon[rows], True
+        with progress.Progress("mining: joining the predictions' truth", total_rows, unit="rows") as shown:
+            for ids, lat, lon in train_chunks():
+                rows, hit = _match(predictions, ids)
+                true_lat[hit], true_lon[hit], found[hit] = lat[rows], lon[rows], True
+                shown.update(len(ids))
     correct = (predictions.correct if predictions.correct is not None else
                correct_predictions(predictions.pred_lat, predictions.pred_lon, true_lat, true_lon, correct_km))
     hot = np.flatnonzero(correct & (found if joined else True))
     train = kept = 0
-    for ids, lat, lon in train_chunks():
-        if not joined:
-            found[_match(predictions, ids)[1]] = True
-        keep = far_from_hotspots(lat, lon, true_lat[hot], true_lon[hot], radius_km)
-        out.writelines(f"{key}\n" for key in ids.filter(keep).to_pylist())
-        train += len(ids)
-        kept += int(keep.sum())
+    with progress.Progress(f"mining: {len(hot)} hotspots", total_rows, unit="rows") as shown:
+        for ids, lat, lon in train_chunks():
+            if not joined:
+                found[_match(predictions, ids)[1]] = True
+            keep = far_from_hotspots(lat, lon, true_lat[hot], true_lon[hot], radius_km)
+            out.writelines(f"{key}\n" for key in ids.filter(keep).to_pylist())
+            train += len(ids)
+            kept += int(keep.sum())
+            shown.update(len(ids))
     if not found.all():
         missing = predictions.ids.filter(~found).to_pylist()[:3]
         raise ValueError(f"{int((~found).sum())} predicted ids are not in the training set, e.g. {missing}")
@@ -220,8 +227,8 @@ def mine_streaming(train_chunks, predictions: Predictions, out, radius_km: float
 
 
 def coordinates_files(records_dir: str, split: str = "train") -> list[str]:
-    """The ``<split>.coordinates*.csv`` built records keep next to them (one, or one per Beam shard)."""
-    paths = sorted(glob.glob(os.path.join(records_dir, f"{split}.coordinates*.csv")))
+    """The ``<split>.coordinates*.csv`` built records keep next to them (one, or one per Beam shard); local or URL."""
+    paths = sorted(str(p) for p in as_path(records_dir).glob(f"{split}.coordinates*.csv"))
     if not paths:
         raise FileNotFoundError(f"{records_dir} has no {split}.coordinates*.csv (records built before it existed): "
                                 "rebuild them, or mine an id,lat,lon CSV")
@@ -230,15 +237,16 @@ def coordinates_files(records_dir: str, split: str = "train") -> list[str]:
 
 def mine_to_file(train_paths, predictions_path: str, output: str, radius_km: float = 200.0,
                  correct_km: float = 25.0) -> dict:
-    """``mine_streaming`` from CSV files: the kept ids to ``output`` (written whole or not at all) and its
-    summary, with the seconds taken, to ``<output>.summary.json``; returns the summary."""
+    """``mine_streaming`` from CSV files (local or URLs), with progress: the kept ids to ``output`` (written
+    whole or not at all) and its summary, with the seconds taken, to ``<output>.summary.json``; returns it."""
     start = time.perf_counter()
     predictions = read_predictions(predictions_path)
-    partial = f"{output}.partial"
-    with open(partial, "w", encoding="utf-8") as out:
-        summary = mine_streaming(lambda: iter_id_coordinates(train_paths), predictions, out, radius_km, correct_km)
-    os.replace(partial, output)
+    output = as_path(output)
+    partial = output.with_name(f"{output.name}.partial")
+    with partial.open("w", encoding="utf-8") as out:
+        summary = mine_streaming(lambda: iter_id_coordinates(train_paths), predictions, out, radius_km, correct_km,
+                                 progress.csv_rows(train_paths))
+    partial.replace(output)
     summary["seconds"] = round(time.perf_counter() - start, 3)
-    with open(output + ".summary.json", "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2)
+    output.with_name(f"{output.name}.summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -45,7 +45,7 @@ import PIL.Image
 from jax.sharding import NamedSharding, PartitionSpec
 
 from geor_jax import config_fields
-from geor_jax.data import builder, patches, prompts
+from geor_jax.data import builder, host_slices, patches, prompts
 from geor_jax.data import tokenizer as tokenizer_lib
 from geor_jax.rollout import Prompts
 
@@ -75,7 +75,7 @@ class PipelineConfig:
     seed: int = 0
     shuffle: bool = True
     num_epochs: int | None = config_fields.field(None, config_fields.at_least(1))  # None: repeat forever
-    drop_remainder: bool = True  # False pads the last batch (example_mask 0) for evaluation
+    drop_remainder: bool = True  # False: every record once across hosts, the last batch padded (example_mask 0)
     worker_count: int = config_fields.field(0, config_fields.at_least(0))  # grain worker processes (need a
     # __main__ guard and parsed absl flags)
     patch: patches.PatchConfig = config_fields.field(patches.PatchConfig())
@@ -111,7 +111,8 @@ class DecodeRecord(grain.MapTransform):
         """Decode the JPEG to RGB and turn bytes fields into str."""
         with PIL.Image.open(io.BytesIO(record["image"])) as image:
             pixels = np.asarray(image.convert("RGB"))
-        out = {"image": pixels, "lat": float(record["lat"]), "lon": float(record["lon"])}
+        out = {"image": pixels, "lat": float(record["lat"]), "lon": float(record["lon"]),
+               "padding": bool(record.get(host_slices.PADDING_KEY, False))}
         for key in HOST_KEYS:
             value = record[key]
             out[key] = value.decode("utf-8") if isinstance(value, bytes) else str(value)
@@ -183,7 +184,7 @@ class Collate:
                 ids = ids[:T]
             target_tokens[row, : len(ids)] = ids
             target_mask[row, : len(ids)] = 1
-        example_mask = (np.arange(batch_size) < real).astype(np.int32)
+        example_mask = np.array([i < real and not e["padding"] for i, e in enumerate(examples)], np.int32)
         batch = {
             "prompt_tokens": prompt_tokens,
             "prompt_mask": prompt_mask,
@@ -261,10 +262,16 @@ class GeoBatchIterator:
             raise ValueError(f"global_batch_size {config.global_batch_size} not divisible by {processes} hosts")
         host_batch_size = config.global_batch_size // processes
         source = builder.open_records(config.records_dir, config.split)
+        self.num_records = len(source)
+        shard, shuffle = grain.ShardByJaxProcess(drop_remainder=True), config.shuffle
+        if not config.drop_remainder:  # evaluation: every record once across hosts, the last batch padded
+            order = np.random.default_rng(config.seed).permutation(len(source)) if shuffle else None
+            source = host_slices.PaddedHostSlices(source, host_batch_size, jax.process_index(), processes, order)
+            shard, shuffle = grain.NoSharding(), False
         sampler = grain.IndexSampler(
             num_records=len(source),
-            shard_options=grain.ShardByJaxProcess(drop_remainder=True),
-            shuffle=config.shuffle,
+            shard_options=shard,
+            shuffle=shuffle,
             num_epochs=config.num_epochs,
             seed=config.seed,
         )

@@ -20,7 +20,7 @@ import reverse_geocoder
 import transformers
 from tokenizers import Regex, Tokenizer as RustTokenizer, decoders, models, pre_tokenizers, trainers
 
-from geor_jax import regions
+from geor_jax import paths, regions
 from geor_jax.data import prompts
 
 # Qwen2.5-VL's added special tokens, in its id order (151643...).
@@ -111,8 +111,8 @@ class Tokenizer:
 
 
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
-    """Load the tokenizer saved in a local directory (a Qwen2.5-VL checkpoint or a demo tokenizer)."""
-    return Tokenizer(transformers.AutoTokenizer.from_pretrained(os.fspath(path), local_files_only=True))
+    """Load the tokenizer saved in a directory, local or a URL (a Qwen2.5-VL checkpoint or a demo tokenizer)."""
+    return Tokenizer(transformers.AutoTokenizer.from_pretrained(paths.local_copy(path), local_files_only=True))
 
 
 def demo_corpus(num_places: int = 20000, seed: int = 0) -> list[str]:

@@ -12,7 +12,8 @@ section's fields, defaults and checks (``geor_jax.config_fields``)::
   sft            sft.SFTConfig                micro-batches, LM head chunk
   grpo           grpo.GRPOConfig              group, beta, clip, aggregation, sampling, passes
   reward         rewards.RewardConfig         distance reward and its breakpoints, combination, bonuses
-  train          run.loop.TrainConfig         steps, logging, checkpoint cadence, HF export
+  train          run.loop.TrainConfig         steps, logging, checkpoint cadence, HF export, profiling, JAX cache
+  export         run.export.ExportConfig      the exported HF checkpoint's dtype
 
 ``base_config(stage)`` is the ml_collections form that config files edit,
 with the paper's hyperparameters for the stage (SFT: AdamW lr 1e-5, batch
@@ -34,6 +35,7 @@ from geor_jax.config_fields import ConfigError
 from geor_jax.data import pipeline
 from geor_jax.models import qwen2_5_vl as qvl
 from geor_jax.run import build
+from geor_jax.run.export import ExportConfig
 from geor_jax.run.loop import TrainConfig
 
 STAGES = ("sft", "grpo")
@@ -61,6 +63,7 @@ class RunConfig:
     grpo: grpo.GRPOConfig = config_fields.field(grpo.GRPOConfig())
     reward: rewards.RewardConfig = config_fields.field(rewards.RewardConfig())
     train: TrainConfig = config_fields.field(TrainConfig())
+    export: ExportConfig = config_fields.field(ExportConfig())
 
     def __post_init__(self):
         config_fields.check(self)
@@ -101,8 +104,9 @@ def real_size_config(stage: str, hardware: str, text: dict, checkpoint: str, tra
     """A full-size run on 8 devices: a v5p-16 slice (``tpu_v5p``) or 8x 80 GB GPUs (``gpu8``).
 
     FSDP over the 8 devices, bf16 compute with fp32 master weights, remat and
-    scanned layers (the recipe's defaults); the model and its tokenizer come
-    from ``checkpoint`` (a HF directory), whose text dims ``text`` records.
+    scanned layers (the recipe's defaults), exported in bf16; the model and
+    its tokenizer come from ``checkpoint`` (a HF directory, local or a URL),
+    whose text dims ``text`` records. Evaluation reads the whole eval split.
     ``num_micro_batches`` comes from tools/plan_memory.py: both targets hold
     80 GB or more per device, and the plan's per-device peaks fit both with
     the same split.
@@ -117,6 +121,7 @@ def real_size_config(stage: str, hardware: str, text: dict, checkpoint: str, tra
     c.data.records_dir = train_records
     c.eval.records_dir = eval_records
     c.sft.num_micro_batches = c.grpo.num_micro_batches = num_micro_batches
+    c.export.dtype = "bfloat16"
     return c
 
 

@@ -2,34 +2,41 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
-import os
 import time
 
 import jax
-from tensorboardX import SummaryWriter
+from tensorboardX import SummaryWriter, record_writer
+
+from geor_jax import paths
 
 
 class MetricsLogger:
     """Step metrics to stdout (one progress line), TensorBoard event files and
-    ``metrics.jsonl`` (one JSON line per log; process 0 only).
+    ``metrics.jsonl`` (one JSON line per log; process 0 only), in a local or URL workdir.
 
     A run resumed from step ``start_step`` first drops what an interrupted
     run logged after that step (it is about to be replayed), so each step is
     logged once: later lines of ``metrics.jsonl`` are removed (a line cut by
     the kill is dropped with a warning) and TensorBoard purges its later events.
+    ``metrics.jsonl`` is rewritten whole, atomically, at every log (object
+    stores have no append; a run logs a few thousand short lines).
     """
 
     def __init__(self, workdir: str, total_steps: int, start_step: int = 0):
         self.total_steps = total_steps
         self.writer = None
-        self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
+        self.jsonl_path = paths.as_path(workdir) / "metrics.jsonl"
+        self.lines: list[str] = []
         if jax.process_index() == 0:
-            if start_step:
-                _truncate_metrics(self.jsonl_path, start_step)
-            self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"),
-                                        purge_step=start_step + 1 if start_step else None)
+            self.lines = _lines_up_to(self.jsonl_path, start_step) if start_step else []
+            events = paths.as_path(workdir) / "tensorboard"
+            if paths.is_url(events):
+                record_writer.register_writer_factory(str(events).split(":", 1)[0], _EpathEventFiles())
+            self.writer = SummaryWriter(str(events), purge_step=start_step + 1 if start_step else None)
+            paths.write_atomic(self.jsonl_path, "".join(self.lines))
 
     def log(self, step: int, metrics: dict[str, float], prefix: str = "train") -> None:
         """Write scalars; print ``step N/T key value ...``."""
@@ -38,8 +45,8 @@ class MetricsLogger:
         for key, value in metrics.items():
             self.writer.add_scalar(f"{prefix}/{key}", value, step)
         self.writer.flush()
-        with open(self.jsonl_path, "a") as f:
-            f.write(json.dumps({"split": prefix, "step": step, **metrics}) + "\n")
+        self.lines.append(json.dumps({"split": prefix, "step": step, **metrics}) + "\n")
+        paths.write_atomic(self.jsonl_path, "".join(self.lines))
         shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
         print(f"[{prefix}] step {step}/{self.total_steps} {shown}", flush=True)
 
@@ -48,27 +55,51 @@ class MetricsLogger:
             self.writer.close()
 
 
-def _truncate_metrics(path: str, last_step: int) -> None:
-    """Keep the lines of ``path`` up to ``last_step``, rewritten atomically; drop unreadable lines."""
-    if not os.path.exists(path):
-        return
+def _lines_up_to(path, last_step: int) -> list[str]:
+    """The lines of ``path`` up to ``last_step`` (none if it is missing); unreadable lines dropped."""
+    if not path.exists():
+        return []
     kept, dropped = [], 0
-    with open(path) as f:
-        for number, line in enumerate(f, start=1):
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                logging.warning("%s line %d is not JSON (cut by the interruption?); dropped", path, number)
-                continue
-            if row.get("step", 0) <= last_step:
-                kept.append(line if line.endswith("\n") else line + "\n")
-            else:
-                dropped += 1
-    with open(path + ".tmp", "w") as f:
-        f.writelines(kept)
-    os.replace(path + ".tmp", path)
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            logging.warning("%s line %d is not JSON (cut by the interruption?); dropped", path, number)
+            continue
+        if row.get("step", 0) <= last_step:
+            kept.append(line + "\n")
+        else:
+            dropped += 1
     if dropped:
         logging.info("dropped %d metric lines after step %d from %s (replayed on resume)", dropped, last_step, path)
+    return kept
+
+
+class _EventFile:
+    """A TensorBoard event file on any epath filesystem: buffered, and the whole file rewritten at each
+    flush (what tensorboardX's own gs:// writer does; it needs google-cloud-storage, this only epath)."""
+
+    def __init__(self, path: str):
+        self.path, self.buffer = paths.as_path(path), io.BytesIO()
+
+    def write(self, data: bytes) -> None:
+        self.buffer.write(data)
+
+    def flush(self) -> None:
+        self.path.write_bytes(self.buffer.getvalue())
+
+    def close(self) -> None:
+        self.flush()
+
+
+class _EpathEventFiles:
+    """tensorboardX's writer factory interface for a URL scheme."""
+
+    def open(self, path: str) -> _EventFile:
+        return _EventFile(path)
+
+    def directory_check(self, path: str) -> None:
+        paths.as_path(path).mkdir(parents=True, exist_ok=True)
 
 
 class IntervalTimer:

@@ -12,30 +12,34 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from geor_jax import checkpoint, config_fields, evaluate, grpo, regions, rewards, sampling, sft, sharding, train_state
+from geor_jax import (checkpoint, config_fields, evaluate, grpo, paths, regions, rewards, sampling, sft, sharding,
+                      train_state)
 from geor_jax.data import pipeline
 from geor_jax.data import tokenizer as tokenizer_lib
 from geor_jax.models import qwen2_5_vl as qvl
-from geor_jax.run import build
+from geor_jax.run import build, export, profiling
 from geor_jax.run.logger import IntervalTimer, MetricsLogger
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """How long a stage runs, how often it logs and checkpoints, and whether it exports its policy."""
+    """How long a stage runs, how often it logs and checkpoints, whether it exports its policy, which
+    steps it profiles (``profile_steps=first,last``: a JAX trace in ``<workdir>/profile``; () none) and
+    where JAX's persistent compilation cache lives (relative: under the workdir; "": off)."""
 
     num_steps: int = config_fields.field(2000, config_fields.at_least(1))
     log_every: int = config_fields.field(10, config_fields.at_least(1))
     checkpoint_every: int = config_fields.field(100, config_fields.at_least(1))
     keep_checkpoints: int = config_fields.field(3, config_fields.at_least(1))
     export_hf: bool = True
+    profile_steps: tuple[int, ...] = config_fields.field((), profiling.check_steps)
+    compilation_cache_dir: str = "compilation_cache"
 
     def __post_init__(self):
         config_fields.check(self)
@@ -75,7 +79,7 @@ def setup(config, workdir: str) -> Run:
 
     Multi-host runs call ``sharding.initialize_distributed`` before this.
     """
-    os.makedirs(workdir, exist_ok=True)
+    paths.as_path(workdir).mkdir(parents=True, exist_ok=True)
     mesh = config.mesh.make()
     tokenizer = tokenizer_lib.load_tokenizer(config.data.tokenizer_dir)
     model = build.build_model(config.model, tokenizer, mesh, config.seed)
@@ -83,7 +87,7 @@ def setup(config, workdir: str) -> Run:
     graphdef, state = train_state.create_train_state(model, optimizer, jax.random.key(config.seed), mesh)
     del model
     t = config.train
-    checkpointer = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), save_every=t.checkpoint_every,
+    checkpointer = checkpoint.Checkpointer(str(paths.as_path(workdir) / "checkpoints"), save_every=t.checkpoint_every,
                                            keep=t.keep_checkpoints)
     fresh = state  # the run's starting policy: model.init_from, or the seeded random init
     restored = checkpointer.restore_latest(jax.eval_shape(lambda: state))
@@ -109,8 +113,8 @@ def setup(config, workdir: str) -> Run:
                 "changed since step 0), so the KL reference would change; restore it or use a new workdir")
     del fresh
     iterator = pipeline.make_iterator(build.train_pipeline(config.data), mesh, state=data_state)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config_fields.section(config).to_json(indent=2))
+    if jax.process_index() == 0:
+        paths.write_atomic(paths.as_path(workdir) / "config.json", config_fields.section(config).to_json(indent=2))
     return Run(config, workdir, mesh, tokenizer, graphdef, state, optimizer, iterator, checkpointer,
                MetricsLogger(workdir, t.num_steps, start_step), start_step, reference, digest)
 
@@ -118,9 +122,10 @@ def setup(config, workdir: str) -> Run:
 def run(config, workdir: str) -> dict[str, float]:
     """Train ``config.stage`` for ``config.train.num_steps`` steps; returns the last eval metrics.
 
-    Writes to ``workdir``: ``checkpoints/``, ``tensorboard/``, ``config.json``,
-    ``metrics.jsonl`` (train and eval logs) and, at the end, the policy as a
-    HF checkpoint with its tokenizer in ``hf/``.
+    Writes to ``workdir`` (local or a URL): ``checkpoints/``, ``tensorboard/``,
+    ``config.json``, ``metrics.jsonl`` (train and eval logs), ``profile/`` if
+    asked and, at the end, the policy as a HF checkpoint with its tokenizer
+    and generation config in ``hf/`` (``run.export``).
     """
     r = setup(config, workdir)
     loop = _sft_loop if config.stage == "sft" else _grpo_loop
@@ -128,8 +133,8 @@ def run(config, workdir: str) -> dict[str, float]:
         eval_metrics = loop(r)
     r.checkpointer.close()
     if config.train.export_hf:
-        checkpoint.export_hf(r.graphdef, r.state.params, os.path.join(workdir, "hf"))
-        r.tokenizer.hf.save_pretrained(os.path.join(workdir, "hf"))  # a self-contained checkpoint
+        export.export_policy(r.graphdef, r.state.params, r.tokenizer, str(paths.as_path(workdir) / "hf"),
+                             config.export, config.eval.max_new_tokens)
     r.logger.close()
     return eval_metrics
 
@@ -154,10 +159,13 @@ def _maybe_evaluate(r: Run, step: int, last: bool) -> dict[str, float]:
 def _sft_loop(r: Run) -> dict[str, float]:
     step_fn = sft.make_sft_step(r.graphdef, r.optimizer, r.config.sft)
     num_steps, eval_metrics, timer = r.config.train.num_steps, {}, IntervalTimer()
+    profiler = profiling.StepProfiler(r.config.train.profile_steps, r.workdir)
     for step in range(r.start_step + 1, num_steps + 1):
         batch = next(r.iterator)
         a = batch.arrays
+        profiler.before(step)
         r.state, metrics = step_fn(r.state, batch.prompts(), a["target_tokens"], a["target_mask"])
+        profiler.after(step, metrics)
         timer.count(float(sharding.to_host(a["prompt_mask"]).sum() + sharding.to_host(a["target_mask"]).sum()))
         if step % r.config.train.log_every == 0 or step == num_steps:
             metrics = {k: float(v) for k, v in metrics.items()}  # waits for the step: timing is honest
@@ -193,8 +201,10 @@ def _grpo_loop(r: Run) -> dict[str, float]:
     reference = grpo.make_reference_logprobs(r.graphdef, g)
     base_key = jax.random.wrap_key_data(np.asarray(r.state.rng))  # a copy: the step donates the state
     eval_metrics, timer = {}, IntervalTimer()
+    profiler = profiling.StepProfiler(r.config.train.profile_steps, r.workdir)
     for step in range(r.start_step + 1, num_steps + 1):
         batch = next(r.iterator)
+        profiler.before(step)
         rollout = sampling.sample_groups(r.model(), batch.prompts(), jax.random.fold_in(base_key, step),
                                          sampling_config, group_size=g.group_size, mesh=r.mesh)
         scored = score_rollout(r.tokenizer, rollout, batch, g.group_size, r.config.reward)
@@ -204,6 +214,7 @@ def _grpo_loop(r: Run) -> dict[str, float]:
             rollout = rollout.replace(ref_logprobs=reference(r.reference, rollout))
         for _ in range(g.num_passes):
             r.state, metrics = step_fn(r.state, rollout)
+        profiler.after(step, metrics)
         timer.count(float(sharding.to_host(rollout.lengths).sum()))
         if step % r.config.train.log_every == 0 or step == num_steps:
             logged = {**{k: float(v) for k, v in metrics.items()}, **{k: float(v) for k, v in stats.items()}}

@@ -27,14 +27,13 @@ import importlib.util
 import json
 import os
 import pathlib
-import sys
 import time
 
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
 from geor_jax import geo, stats
-from geor_jax.run import recipe
+from geor_jax.run import cli, recipe
 
 _CONFIG_FILE = pathlib.Path(__file__).resolve().parents[2] / "configs" / "demo.py"
 
@@ -151,7 +150,6 @@ def _jsonable(summary: dict) -> dict:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)
     if unknown := sorted(set(_VARIANTS.value) - set(recipe.VARIANTS)):
         raise app.UsageError(f"--variants: unknown {unknown}; choose from {list(recipe.VARIANTS)}")
     seeds = [int(s) for s in _SEEDS.value]
@@ -197,4 +195,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    sys.exit(app.run(main))
+    cli.main(main)

@@ -29,6 +29,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
 
+from geor_jax import paths
 from geor_jax import sharding as sharding_lib
 from geor_jax.models.qwen2_5_vl import safetensors_io
 from geor_jax.models.qwen2_5_vl.config import Qwen2VLConfig, load_config, to_hf_dict
@@ -160,7 +161,8 @@ def load_hf_checkpoint(
     mesh: Mesh | None = None,
     rules: sharding_lib.Rules = sharding_lib.DEFAULT_RULES,
 ) -> Qwen2VL:
-    """Build a ``Qwen2VL`` from a local HF checkpoint directory (config.json + safetensors).
+    """Build a ``Qwen2VL`` from a HF checkpoint directory (config.json + safetensors), local or a URL
+    (copied to local disk first: the tensors are memory-mapped).
 
     With ``mesh``, every parameter is placed in the sharding the partition
     ``rules`` give it; without, on the default device. Raises ``KeyError`` for
@@ -169,6 +171,7 @@ def load_hf_checkpoint(
     ``ValueError``) for a malformed file or a tensor whose shape is not exactly
     the one ``_hf_shape`` derives from the config, naming the file and tensor.
     """
+    checkpoint_dir = paths.local_copy(checkpoint_dir)
     config = load_config(checkpoint_dir)
     reader = safetensors_io.CheckpointReader(checkpoint_dir)
     available = {normalize_hf_name(name): name for name in reader.names()}
