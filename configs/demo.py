@@ -4,13 +4,26 @@
     .venv/bin/python launch/train.py --config=configs/demo.py:grpo --workdir=/tmp/geor_demo/grpo \\
         --config.model.init_from=/tmp/geor_demo/sft/hf
 
-``launch/demo.py`` builds the data and runs both stages and the evaluation.
+``launch/demo.py`` runs the whole recipe (``geor_jax.run.recipe``): records,
+SFT, the SFT model on the training set, hard mining, GRPO on the hard
+records, held-out evaluation; ``get_recipe()`` holds its world and mining.
 The layout of every config is documented in ``geor_jax/run/config.py``.
 """
+
+import ml_collections
 
 from geor_jax.run import config as run_config
 
 DEMO_ROOT = "/tmp/geor_demo"
+TRAIN_IMAGES, TEST_IMAGES = 400, 256
+
+
+def get_recipe():
+    """The demo world (world seeds: train 0, held-out test 1) and MP16-Hard mining of the recipe."""
+    r = ml_collections.ConfigDict()
+    r.world = dict(train_images=TRAIN_IMAGES, test_images=TEST_IMAGES, image_side=112, vocab_size=2048)
+    r.mining = dict(radius_km=200.0, correct_km=25.0)  # the paper's
+    return r
 
 
 def get_config(stage: str = "sft"):
@@ -24,7 +37,7 @@ def get_config(stage: str = "sft"):
     c.model.vision.update(depth=2, hidden_size=64, num_heads=2, intermediate_size=128, window_size=112,
                           fullatt_block_indexes=(1,))
 
-    c.data.records_dir = f"{DEMO_ROOT}/data/geo_cor_records/demo_400_0_train/1.1.0"
+    c.data.records_dir = f"{DEMO_ROOT}/data/geo_cor_records/demo_{TRAIN_IMAGES}_0_train/1.1.0"
     c.data.tokenizer_dir = f"{DEMO_ROOT}/data/demo_tokenizer"
     c.data.global_batch_size = 16 if stage == "sft" else 8
     c.data.buckets = ((112, 112),)  # 8x8 patches -> 16 image tokens
@@ -33,9 +46,9 @@ def get_config(stage: str = "sft"):
     c.data.worker_count = 0
     c.data.prompt.instruction = "Where was this photo taken? Answer with Country, State, City and Coordinates."
 
-    c.eval.records_dir = f"{DEMO_ROOT}/data/geo_cor_records/demo_64_1_test/1.1.0"
-    c.eval.batch_size = 16
-    c.eval.num_examples = 64
+    c.eval.records_dir = f"{DEMO_ROOT}/data/geo_cor_records/demo_{TEST_IMAGES}_1_test/1.1.0"
+    c.eval.batch_size = 64
+    c.eval.num_examples = 0  # all
     c.eval.every_steps = 0  # 0: only at the end
     c.eval.max_new_tokens = 64
 

@@ -90,8 +90,8 @@ def evaluate_answers(
         located = regions.chain_of_region(np.stack([pred_lat[named], pred_lon[named]], axis=1))
         consistent = [rewards.level_matches(parsed[i], where)[0] for i, where in zip(named, located)]
         metrics["consistency"] = float(np.mean(consistent))
-    per_example = {"distance_km": distance, "valid": valid, "pred_lat": pred_lat, "pred_lon": pred_lon,
-                   "true_lat": true_lat, "true_lon": true_lon}
+    per_example = {"distance_km": distance, "reward": scored.reward.astype(np.float64), "valid": valid,
+                   "pred_lat": pred_lat, "pred_lon": pred_lon, "true_lat": true_lat, "true_lon": true_lon}
     return metrics, per_example
 
 

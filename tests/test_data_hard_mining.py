@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from geor_jax import geo
+from geor_jax import evaluate, geo
 from geor_jax.data import hard_mining
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -199,3 +199,16 @@ def test_mp16_hard_records_from_the_mined_ids(tmp_path):
     assert {r["id"].decode(): r["image"] for r in (direct_records[i] for i in range(3))} == \
         {k: r["image"] for k, r in got.items()}
     assert (direct.written, direct.not_selected, direct.ids_not_found) == (3, 2, 1)
+
+
+def test_an_invalid_answer_is_never_a_hotspot(tmp_path):
+    """launch/evaluate.py writes an invalid answer as pred 0,0 with valid 0: that is no prediction at (0, 0)."""
+    with open(tmp_path / "train.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("id", "lat", "lon"), ("gulf", 0.1, 0.1), ("accra", 5.6, -0.19)])
+    predictions = tmp_path / "predictions.csv"
+    evaluate.write_predictions(str(predictions), ["gulf", "accra"],
+                               {"true_lat": [0.1, 5.6], "true_lon": [0.1, -0.19], "pred_lat": [0.0, 5.6],
+                                "pred_lon": [0.0, -0.19], "valid": [False, True], "distance_km": [np.inf, 0.0]})
+    summary = hard_mining.mine_to_file([str(tmp_path / "train.csv")], str(predictions), str(tmp_path / "hard.txt"),
+                                       radius_km=50.0, correct_km=25.0)
+    assert summary["hotspots"] == 1 and (tmp_path / "hard.txt").read_text().split() == ["gulf"]

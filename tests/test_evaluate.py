@@ -28,6 +28,9 @@ def test_metrics_from_answers():
         (5000 + float(geo.geoguessr_score(per_example["distance_km"][1])) + 5000) / 4, rel=1e-4)
     assert np.isinf(per_example["distance_km"][3]) and metrics["count"] == 4
     assert metrics["median_km"] == pytest.approx(per_example["distance_km"][1] / 2, rel=1e-3)
+    expected = [1.0, float(geo.distance_reward(per_example["distance_km"][1])), 1.0, 0.0]  # the paper's reward
+    np.testing.assert_allclose(per_example["reward"], expected, rtol=1e-5)
+    assert metrics["reward_mean"] == pytest.approx(np.mean(per_example["reward"]))
 
 
 def test_bad_inputs():

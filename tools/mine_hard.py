@@ -22,9 +22,7 @@ import time
 
 import numpy as np
 from absl import app, flags
-from etils import epath
 
-from geor_jax import progress
 from geor_jax.data import hard_mining
 from geor_jax.run import cli
 
@@ -39,15 +37,6 @@ flags.DEFINE_float("correct_km", 25.0, "A prediction this close to the truth cou
 flags.DEFINE_bool("benchmark", False, "Time the mining on synthetic data instead.")
 flags.DEFINE_integer("num_train", 1_000_000, "Benchmark: training samples.")
 flags.DEFINE_integer("num_hotspots", 100_000, "Benchmark: hotspots.")
-
-
-def training_files(records_dir, split):
-    """The coordinates files built records keep next to them (one, or one per Beam shard)."""
-    paths = sorted(str(p) for p in epath.Path(records_dir).glob(f"{split}.coordinates*.csv"))
-    if not paths:
-        raise app.UsageError(f"{records_dir} has no {split}.coordinates*.csv (records built before it existed): "
-                             "rebuild them, or pass --train with an id,lat,lon CSV")
-    return paths
 
 
 def benchmark(num_train, num_hotspots, radius_km):
@@ -76,17 +65,11 @@ def main(argv):
         return
     if not FLAGS.predictions or not (FLAGS.train or FLAGS.records_dir):
         raise app.UsageError("need --predictions and one of --train / --records_dir")
-    start = time.perf_counter()
-    paths = training_files(FLAGS.records_dir, FLAGS.split) if FLAGS.records_dir else [FLAGS.train]
-    predictions = hard_mining.read_predictions(FLAGS.predictions)
-    output = epath.Path(FLAGS.output)  # local or a URL, like every input
-    partial = output.with_name(f"{output.name}.partial")
-    with partial.open("w", encoding="utf-8") as out:
-        summary = hard_mining.mine_streaming(lambda: hard_mining.iter_id_coordinates(paths), predictions, out,
-                                             FLAGS.radius_km, FLAGS.correct_km, progress.csv_rows(paths))
-    partial.replace(output)
-    summary["seconds"] = round(time.perf_counter() - start, 3)
-    output.with_name(f"{output.name}.summary.json").write_text(json.dumps(summary, indent=2))
+    try:
+        paths = hard_mining.coordinates_files(FLAGS.records_dir, FLAGS.split) if FLAGS.records_dir else [FLAGS.train]
+    except FileNotFoundError as error:
+        raise app.UsageError(f"--records_dir: {error} with --train") from None
+    summary = hard_mining.mine_to_file(paths, FLAGS.predictions, FLAGS.output, FLAGS.radius_km, FLAGS.correct_km)
     print(json.dumps(summary))
 
 

@@ -16,7 +16,9 @@ predictions (hotspots) whole.
 
 import csv
 import dataclasses
+import json
 import math
+import time
 
 import numpy as np
 from scipy.spatial import cKDTree
@@ -140,7 +142,11 @@ def _numbers(column) -> np.ndarray:
 
 
 def read_predictions(path: str) -> Predictions:
-    """A predictions CSV: id, pred_lat, pred_lon [, lat, lon | correct] (unparsable predictions are wrong)."""
+    """A predictions CSV: id, pred_lat, pred_lon [, lat, lon | correct] [, valid].
+
+    Unparsable predictions are wrong, and so are rows whose ``valid`` is 0
+    (``evaluate.write_predictions`` writes an invalid answer as 0, 0).
+    """
     import pyarrow as pa
     import pyarrow.csv as pv
 
@@ -148,9 +154,10 @@ def read_predictions(path: str) -> Predictions:
     i, flag = _column(header, "id", "img_id", "image_id"), _column(header, "correct")
     pla, plo = _column(header, "pred_lat", "predicted_lat"), _column(header, "pred_lon", "predicted_lon")
     tla, tlo = _column(header, "lat", "latitude", "true_lat"), _column(header, "lon", "longitude", "true_lon")
+    valid = _column(header, "valid")
     if i is None or (flag is None and None in (pla, plo)):
         raise ValueError(f"{path}: need id and pred_lat/pred_lon (or correct), header is {header}")
-    wanted = [c for c in (i, flag, pla, plo, tla, tlo) if c is not None]
+    wanted = [c for c in (i, flag, pla, plo, tla, tlo, valid) if c is not None]
     with as_path(path).open("rb") as f:
         table = pv.read_csv(f, read_options=pv.ReadOptions(encoding="utf-8"),
                             convert_options=pv.ConvertOptions(include_columns=wanted,
@@ -159,7 +166,11 @@ def read_predictions(path: str) -> Predictions:
     correct = None if flag is None else np.isin(np.char.lower(np.array(table.column(flag).to_pylist(), str)),
                                                 ["1", "true", "yes"])
     truth = tla is not None and tlo is not None
-    return Predictions(table.column(i).combine_chunks(), column(pla), column(plo),
+    pred_lat, pred_lon = column(pla), column(plo)
+    if valid is not None and pla is not None:  # an invalid answer predicts nothing
+        invalid = column(valid) == 0
+        pred_lat, pred_lon = np.where(invalid, np.nan, pred_lat), np.where(invalid, np.nan, pred_lon)
+    return Predictions(table.column(i).combine_chunks(), pred_lat, pred_lon,
                        column(tla) if truth else None, column(tlo) if truth else None, correct)
 
 
@@ -213,3 +224,29 @@ def mine_streaming(train_chunks, predictions: Predictions, out, radius_km: float
         raise ValueError(f"{int((~found).sum())} predicted ids are not in the training set, e.g. {missing}")
     return {"train": train, "predictions": len(predictions), "hotspots": len(hot), "kept": kept,
             "radius_km": radius_km, "correct_km": correct_km}
+
+
+def coordinates_files(records_dir: str, split: str = "train") -> list[str]:
+    """The ``<split>.coordinates*.csv`` built records keep next to them (one, or one per Beam shard); local or URL."""
+    paths = sorted(str(p) for p in as_path(records_dir).glob(f"{split}.coordinates*.csv"))
+    if not paths:
+        raise FileNotFoundError(f"{records_dir} has no {split}.coordinates*.csv (records built before it existed): "
+                                "rebuild them, or mine an id,lat,lon CSV")
+    return paths
+
+
+def mine_to_file(train_paths, predictions_path: str, output: str, radius_km: float = 200.0,
+                 correct_km: float = 25.0) -> dict:
+    """``mine_streaming`` from CSV files (local or URLs), with progress: the kept ids to ``output`` (written
+    whole or not at all) and its summary, with the seconds taken, to ``<output>.summary.json``; returns it."""
+    start = time.perf_counter()
+    predictions = read_predictions(predictions_path)
+    output = as_path(output)
+    partial = output.with_name(f"{output.name}.partial")
+    with partial.open("w", encoding="utf-8") as out:
+        summary = mine_streaming(lambda: iter_id_coordinates(train_paths), predictions, out, radius_km, correct_km,
+                                 progress.csv_rows(train_paths))
+    partial.replace(output)
+    summary["seconds"] = round(time.perf_counter() - start, 3)
+    output.with_name(f"{output.name}.summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
