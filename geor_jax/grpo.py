@@ -284,9 +284,10 @@ def make_grpo_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformati
             *train_state.split_micro_batches((rollout.tokens, *rows), config.num_micro_batches),
             train_state.dropout_keys(state, config.num_micro_batches),
         )
+        shares = train_state.token_shares(mask, config.num_micro_batches)  # metrics are per-token means
         trained, frozen = state.split_params()  # gradients of the trained parameters only
         loss, grads, metrics = train_state.accumulate_gradients(functools.partial(loss_fn, frozen=frozen), trained,
-                                                                micro)
+                                                                micro, shares)
         state, update_metrics = train_state.apply_gradients(state, grads, loss, optimizer)
         completion_length = jnp.sum(mask, axis=1).astype(jnp.float32)
         return state, {"loss": loss, **metrics, **update_metrics, "completion_length": completion_length.mean()}

@@ -78,9 +78,10 @@ def make_sft_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformatio
             *train_state.split_micro_batches((targets, target_mask, weights), num_micro_batches),
             train_state.dropout_keys(state, num_micro_batches),
         )
+        shares = train_state.token_shares(mask, num_micro_batches)  # nll_per_token is a per-token mean
         trained, frozen = state.split_params()  # gradients of the trained parameters only
         loss, grads, metrics = train_state.accumulate_gradients(functools.partial(loss_fn, frozen=frozen), trained,
-                                                                micro)
+                                                                micro, shares)
         metrics["target_tokens"] = mask.sum()
         state, update_metrics = train_state.apply_gradients(state, grads, loss, optimizer)
         return state, {"loss": loss, **metrics, **update_metrics}

@@ -165,14 +165,18 @@ def apply_gradients(state: TrainState, grads: Any, loss: jax.Array, optimizer: o
 
 
 def accumulate_gradients(
-    loss_fn: Callable[[Any, Any], tuple[jax.Array, dict]], params: Any, micro_batches: Any
+    loss_fn: Callable[[Any, Any], tuple[jax.Array, dict]], params: Any, micro_batches: Any,
+    metric_weights: jax.Array | None = None,
 ) -> tuple[jax.Array, Any, dict]:
     """Sum of losses and gradients over micro-batches stacked on a leading axis.
 
     ``loss_fn(params, micro_batch) -> (loss, metrics)`` must already weight
     its micro-batch by the whole batch's normaliser, so the sums equal one
     big batch's loss and gradient. Runs as a ``lax.scan``: memory holds one
-    micro-batch's activations. Metrics are averaged over micro-batches.
+    micro-batch's activations. Metrics are averaged over micro-batches with
+    ``metric_weights`` (num_micro_batches,), summing to 1; by default equally.
+    Per-token means need each micro-batch's share of the tokens
+    (``token_shares``) to equal the whole batch's.
     """
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -183,7 +187,15 @@ def accumulate_gradients(
 
     zeros = jax.tree.map(jnp.zeros_like, params)
     (loss, grads), metrics = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zeros), micro_batches)
-    return loss, grads, jax.tree.map(jnp.mean, metrics)
+    if metric_weights is None:
+        return loss, grads, jax.tree.map(jnp.mean, metrics)
+    return loss, grads, jax.tree.map(lambda m: jnp.sum(m * metric_weights.astype(m.dtype)), metrics)
+
+
+def token_shares(mask: jax.Array, num_micro_batches: int) -> jax.Array:
+    """Each micro-batch's share of the mask's tokens, (num_micro_batches,): weights for per-token metrics."""
+    per_micro = jnp.sum(mask.reshape(num_micro_batches, -1).astype(jnp.float32), axis=1)
+    return per_micro / jnp.maximum(jnp.sum(per_micro), 1.0)
 
 
 _DROPOUT_STREAM = 0x4C6F5241  # folded into the state's key for dropout, apart from the GRPO loop's sampling keys

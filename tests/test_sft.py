@@ -45,6 +45,8 @@ def test_micro_batches_give_the_same_update():
     micro, micro_metrics = sft.make_sft_step(GRAPHDEF, SGD, sft.SFTConfig(num_micro_batches=2))(fresh_state()[1], *batch())
     assert float(micro_metrics["loss"]) == pytest.approx(float(whole_metrics["loss"]), rel=1e-5)
     assert float(micro_metrics["grad_norm"]) == pytest.approx(float(whole_metrics["grad_norm"]), rel=1e-4)
+    # A per-token mean over the whole batch, though the two halves hold different numbers of target tokens.
+    assert float(micro_metrics["nll_per_token"]) == pytest.approx(float(whole_metrics["nll_per_token"]), rel=1e-5)
     assert_trees_close(micro.params, whole.params, atol=1e-5)
     assert int(micro.step) == 1 and int(micro.skipped_updates) == 0
 
