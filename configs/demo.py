@@ -3,6 +3,11 @@
     .venv/bin/python launch/train.py --config=configs/demo.py:sft --workdir=/tmp/geor_demo/sft
     .venv/bin/python launch/train.py --config=configs/demo.py:grpo --workdir=/tmp/geor_demo/grpo \\
         --config.model.init_from=/tmp/geor_demo/sft/hf
+    .venv/bin/python launch/train.py --config=configs/demo.py:grpo_lora --workdir=/tmp/geor_demo/grpo_lora \\
+        --config.model.init_from=/tmp/geor_demo/sft/hf
+
+``grpo_lora`` is ``grpo`` with LoRA adapters (r=8) on the text decoder: only they train, and the KL reference is
+the SFT policy they sit on, with the adapters off.
 
 ``launch/demo.py`` builds the data and runs both stages and the evaluation.
 The layout of every config is documented in ``geor_jax/run/config.py``.
@@ -13,7 +18,8 @@ from geor_jax.run import config as run_config
 DEMO_ROOT = "/tmp/geor_demo"
 
 
-def get_config(stage: str = "sft"):
+def get_config(variant: str = "sft"):
+    stage = "grpo" if variant == "grpo_lora" else variant
     c = run_config.base_config(stage)
     c.mesh.update(data=1, fsdp=-1, tensor=1)
     c.model.dtype = "float32"
@@ -50,4 +56,7 @@ def get_config(stage: str = "sft"):
     c.train.log_every = 20 if stage == "sft" else 5
     c.train.checkpoint_every = 100 if stage == "sft" else 20
     c.train.keep_checkpoints = 2
+    if variant == "grpo_lora":
+        c.lora.update(rank=8, alpha=16.0)
+        c.optimizer.learning_rate = 1e-3  # adapters take LoRA's usual 10x the full fine-tuning rate
     return c

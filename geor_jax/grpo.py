@@ -258,7 +258,7 @@ def make_grpo_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformati
 
     def loss_fn(params, micro, frozen):
         prompts, completions, mask, old_logp, ref_logp, advantages, weights, dropout_key = micro
-        model = nnx.merge(graphdef, params, frozen)
+        model = nnx.merge(graphdef, params, frozen, copy=True)
         with adapters.dropout_rng(dropout_key):
             logp = logprobs.continuation_logprobs(
                 model, prompts, completions, mask, group_size=config.group_size,

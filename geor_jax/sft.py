@@ -67,7 +67,7 @@ def make_sft_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformatio
     def loss_fn(params, micro, frozen):
         prompts, targets, mask, weights, dropout_key = micro
         with adapters.dropout_rng(dropout_key):
-            return sft_loss(nnx.merge(graphdef, params, frozen), prompts, targets, mask, weights,
+            return sft_loss(nnx.merge(graphdef, params, frozen, copy=True), prompts, targets, mask, weights,
                             config.logits_chunk_size)
 
     def step(state: train_state.TrainState, prompts: Prompts, targets, target_mask):
