@@ -217,3 +217,18 @@ def test_demo_grpo_lora_config_learns_a_toy_reward():
     frozen_now = nnx.split_state(state.params, nnx.LoRAParam, ...)[1]
     for a, b in zip(jax.tree.leaves(base), jax.tree.leaves(frozen_now)):
         np.testing.assert_array_equal(a, np.asarray(b))
+
+
+def test_lora_dropout_draws_from_the_state_in_training_steps_only():
+    dropped = dataclasses.replace(ALL, dropout=0.5)
+    model = perturb_adapters(lora.add_adapters(tiny_policy.model(), dropped, jax.random.key(0)))
+    plain = perturb_adapters(lora.add_adapters(tiny_policy.model(), ALL, jax.random.key(0)))
+    prompts = tiny_policy.prompts()
+    np.testing.assert_array_equal(logits(model, prompts), logits(plain, prompts))  # no dropout outside a step
+    sgd = optax.sgd(1.0)
+    losses = []
+    for m in (model, model, plain):
+        graphdef, state = train_state.create_train_state(m, sgd, jax.random.key(0), trainable=nnx.LoRAParam)
+        losses.append(float(sft.make_sft_step(graphdef, sgd)(state, *sft_batch())[1]["loss"]))
+    assert losses[0] == losses[1]  # the masks are a function of the state's rng and step
+    assert losses[0] != losses[2]  # and they do drop
