@@ -174,9 +174,10 @@ def test_adapters_shard_along_their_weights_axes():
 
 
 def test_demo_grpo_lora_config_learns_a_toy_reward():
-    """configs/demo.py:grpo_lora's LoRA, GRPO and optimizer settings on the tiny policy (smaller groups and
-    completions): the real sampler, reference and step, rewarded by the share of completion tokens below 64.
-    The reward rises; only the adapters move."""
+    """configs/demo.py:grpo_lora's LoRA and GRPO settings on the tiny policy (smaller groups and completions, a
+    higher learning rate for a 16-step run: the demo's 1e-3 moved the reward 0.626 -> 0.637 in 16 steps): the real
+    sampler, reference and step, rewarded by the share of completion tokens below 64. The reward rises; only the
+    adapters move."""
     import importlib.util
     import pathlib
 
@@ -194,7 +195,7 @@ def test_demo_grpo_lora_config_learns_a_toy_reward():
     config = dataclasses.replace(run.grpo, group_size=8, max_new_tokens=4)
     model = lora.add_adapters(tiny_policy.model(), run.lora, jax.random.key(1))
     trainable = lora.trainable_filter(run.lora, run.train.freeze)
-    optimizer = build.optimizer(run.optimizer, steps)
+    optimizer = build.optimizer(dataclasses.replace(run.optimizer, learning_rate=3e-2), steps)
     graphdef, state = train_state.create_train_state(model, optimizer, jax.random.key(0), trainable=trainable)
     base = jax.tree.map(np.array, nnx.split_state(state.params, nnx.LoRAParam, ...)[1])
     kept = grpo.reference_params(state.params, config, trainable)
