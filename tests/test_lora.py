@@ -222,14 +222,14 @@ def test_demo_grpo_lora_config_learns_a_toy_reward():
 
 def test_lora_dropout_draws_from_the_state_in_training_steps_only():
     dropped = dataclasses.replace(ALL, dropout=0.5)
-    model = perturb_adapters(lora.add_adapters(tiny_policy.model(), dropped, jax.random.key(0)))
-    plain = perturb_adapters(lora.add_adapters(tiny_policy.model(), ALL, jax.random.key(0)))
+    adapted = lambda config: perturb_adapters(lora.add_adapters(tiny_policy.model(), config, jax.random.key(0)))  # noqa: E731
     prompts = tiny_policy.prompts()
-    np.testing.assert_array_equal(logits(model, prompts), logits(plain, prompts))  # no dropout outside a step
+    np.testing.assert_array_equal(logits(adapted(dropped), prompts), logits(adapted(ALL), prompts))  # not outside a step
     sgd = optax.sgd(1.0)
     losses = []
-    for m in (model, model, plain):
-        graphdef, state = train_state.create_train_state(m, sgd, jax.random.key(0), trainable=nnx.LoRAParam)
+    for config in (dropped, dropped, ALL):  # a fresh model each: the step donates the state's buffers
+        graphdef, state = train_state.create_train_state(adapted(config), sgd, jax.random.key(0),
+                                                         trainable=nnx.LoRAParam)
         losses.append(float(sft.make_sft_step(graphdef, sgd)(state, *sft_batch())[1]["loss"]))
     assert losses[0] == losses[1]  # the masks are a function of the state's rng and step
     assert losses[0] != losses[2]  # and they do drop
