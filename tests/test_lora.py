@@ -222,9 +222,13 @@ def test_demo_grpo_lora_config_learns_a_toy_reward():
 
 def test_lora_dropout_draws_from_the_state_in_training_steps_only():
     dropped = dataclasses.replace(ALL, dropout=0.5)
-    adapted = lambda config: perturb_adapters(lora.add_adapters(tiny_policy.model(), config, jax.random.key(0)))  # noqa: E731
+
+    def adapted(config):
+        return perturb_adapters(lora.add_adapters(tiny_policy.model(), config, jax.random.key(0)))
+
     prompts = tiny_policy.prompts()
-    np.testing.assert_array_equal(logits(adapted(dropped), prompts), logits(adapted(ALL), prompts))  # not outside a step
+    # No dropout outside a training step (sampling, the reference, evaluation).
+    np.testing.assert_array_equal(logits(adapted(dropped), prompts), logits(adapted(ALL), prompts))
     sgd = optax.sgd(1.0)
     losses = []
     for config in (dropped, dropped, ALL):  # a fresh model each: the step donates the state's buffers
