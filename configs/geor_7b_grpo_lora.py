@@ -6,7 +6,7 @@ G = 8 completions of 256 tokens per prompt, 8 prompts per step. Two targets, eac
 plan (tools/bench/RESULTS.md, "LoRA"):
 
 - ``:tpu_v5e``: a TPU v5e-8 (8 chips x 16 GB), FSDP over the 8 chips, 4 micro-batches;
-- ``:gpu1``: one 80 GB GPU, 8 micro-batches (one prompt group each).
+- ``:gpu1``: one 80 GB GPU, 8 micro-batches (one prompt group each); its memory-plan row is not measured yet.
 
   launch/gpu.sh launch/train.py --config=configs/geor_7b_grpo_lora.py:gpu1 --workdir=/ckpt/geor_7b_grpo_lora
 
