@@ -38,6 +38,10 @@ PYTEST = ["pytest==9.2.0", "pytest-xdist==3.8.0", "hypothesis==6.170.15"]
 TEST = [
     # CPU wheel on disk; only for parity tests against transformers.
     "torch==2.13.0",
+    # LoRA adapters are checked against PEFT's own loading on transformers (tests/test_peft_io.py); accelerate
+    # is its dependency, pinned as the bench extra pins it.
+    "peft==0.21.2",
+    "accelerate==1.15.0",
 ] + PYTEST
 
 # Distributed dataset builds (TFDS on Apache Beam: DirectRunner, Dataflow, Flink, Spark). Install it in its own

@@ -3,6 +3,11 @@
     .venv/bin/python launch/train.py --config=configs/demo.py:sft --workdir=/tmp/geor_demo/sft
     .venv/bin/python launch/train.py --config=configs/demo.py:grpo --workdir=/tmp/geor_demo/grpo \\
         --config.model.init_from=/tmp/geor_demo/sft/hf
+    .venv/bin/python launch/train.py --config=configs/demo.py:grpo_lora --workdir=/tmp/geor_demo/grpo_lora \\
+        --config.model.init_from=/tmp/geor_demo/sft/hf
+
+``grpo_lora`` is ``grpo`` with LoRA adapters (r=8) on the text decoder: only they train, and the KL reference is
+the SFT policy they sit on, with the adapters off.
 
 ``launch/demo.py`` runs the whole recipe (``geor_jax.run.recipe``): records,
 SFT, the SFT model on the training set, hard mining, GRPO on the hard
@@ -26,7 +31,8 @@ def get_recipe():
     return r
 
 
-def get_config(stage: str = "sft"):
+def get_config(variant: str = "sft"):
+    stage = "grpo" if variant == "grpo_lora" else variant
     c = run_config.base_config(stage)
     c.mesh.update(data=1, fsdp=-1, tensor=1)
     c.model.dtype = "float32"
@@ -63,4 +69,7 @@ def get_config(stage: str = "sft"):
     c.train.log_every = 20 if stage == "sft" else 5
     c.train.checkpoint_every = 100 if stage == "sft" else 20
     c.train.keep_checkpoints = 2
+    if variant == "grpo_lora":
+        c.lora.update(rank=8, alpha=16.0)
+        c.optimizer.learning_rate = 1e-3  # adapters take LoRA's usual 10x the full fine-tuning rate
     return c

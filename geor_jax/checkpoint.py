@@ -29,6 +29,7 @@ from etils import epath
 from flax import nnx
 from jax.experimental import multihost_utils
 
+from geor_jax import lora
 from geor_jax.models import qwen2_5_vl as qvl
 
 _STATE, _DATA, _CHECKSUMS = "state", "data", "checksums"
@@ -210,5 +211,7 @@ def export_hf(graphdef, params, directory: str, dtype=None) -> None:
     ``graphdef``/``params``: the model structure and ``TrainState.params``
     (``train_state.create_train_state`` split them). ``dtype`` casts on
     write (e.g. bfloat16 for release); default keeps the params' dtype.
+    LoRA adapters, if any, are merged into the weights first.
     """
-    qvl.save_hf_checkpoint(nnx.merge(graphdef, params), directory, dtype=dtype)
+    model = nnx.merge(graphdef, params)
+    qvl.save_hf_checkpoint(lora.merge_adapters(model) if lora.has_adapters(model) else model, directory, dtype=dtype)

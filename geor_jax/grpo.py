@@ -12,6 +12,7 @@ stay the sampler's).
 """
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import jax
@@ -19,7 +20,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from geor_jax import config_fields, logprobs, sampling, train_state
+from geor_jax import config_fields, logprobs, lora, sampling, train_state
+from geor_jax.models.qwen2_5_vl import adapters
 from geor_jax.rollout import Rollout
 
 ADVANTAGE_SCALES = ("group", "batch", "none")
@@ -197,23 +199,40 @@ class GRPOConfig:
                                        top_k=self.top_k, top_p=self.top_p, stop_tokens=tuple(stop_tokens),
                                        pad_id=pad_id)
 
-def reference_params(params, config: GRPOConfig):
-    """A frozen copy of ``params`` (the SFT checkpoint) for the KL term, or None if beta == 0.
+def reference_params(params, config: GRPOConfig, trainable=nnx.Param, copy: bool = True):
+    """What the KL term must keep of the starting ``params`` (the SFT checkpoint), or None if beta == 0.
 
-    A copy, not an alias: the update step donates the train state's buffers.
+    The reference is the starting policy with any adapters disabled, so only
+    the trained base weights (``trainable`` and not an adapter) can drift
+    from it: this is a copy of those (a copy, not an alias: the update step
+    donates the train state's buffers; ``copy=False`` when nothing else
+    holds them). Frozen weights never change, so the live state's serve
+    (``with_reference``): with LoRA nothing is copied at all.
     """
-    return jax.tree.map(jnp.copy, params) if config.beta != 0 else None
+    if config.beta == 0:
+        return None
+    kept, _ = nnx.split_state(params, nnx.All(trainable, nnx.Not(nnx.LoRAParam)), ...)
+    return jax.tree.map(jnp.copy, kept) if copy else kept
+
+
+def with_reference(params, kept):
+    """The KL reference's full parameters: the live ``params`` with ``kept`` (``reference_params``) in place of
+    the weights training has changed. Adapters stay in, and ``make_reference_logprobs`` disables them."""
+    return nnx.merge_state(params, kept)
 
 
 def make_reference_logprobs(graphdef: nnx.GraphDef, config: GRPOConfig):
     """A jitted ``fn(ref_params, rollout) -> (B * G, T)``, the rollout's ``ref_logprobs``.
 
     The frozen reference policy's log-probs of the completions, once per
-    rollout (not per optimisation pass). Not needed when beta == 0.
+    rollout (not per optimisation pass), with every LoRA adapter disabled:
+    with LoRA the reference is the base model the adapters sit on, read from
+    the train state itself (``with_reference(state.params, kept)``). Not
+    needed when beta == 0.
     """
 
     def reference(ref_params, rollout: Rollout):
-        model = nnx.merge(graphdef, ref_params)
+        model = lora.without_adapters(nnx.merge(graphdef, ref_params))
         return logprobs.continuation_logprobs(
             model, rollout.prompts, rollout.tokens, rollout.mask, group_size=config.group_size,
             temperature=config.temperature, shared_prompt=config.shared_prompt,
@@ -229,21 +248,23 @@ def make_grpo_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformati
     ``rollout`` is a scored ``Rollout`` (``advantages`` set; ``ref_logprobs``
     too when beta != 0); its ``logprobs`` are the sampler's (the old policy's).
     Policy forward over prompt + completions (with images), ``grpo_loss``,
-    gradients accumulated over ``config.num_micro_batches`` prompt groups
-    (weights of the whole rollout, so the update equals one big batch), then
-    ``train_state.apply_gradients`` (non-finite updates are skipped). Call it
+    gradients of the trained parameters (``state.trainable``) accumulated over
+    ``config.num_micro_batches`` prompt groups (weights of the whole rollout,
+    so the update equals one big batch), then ``train_state.apply_gradients``
+    (non-finite updates are skipped). Call it
     several times on one rollout for several optimisation passes. The state
     argument is donated.
     """
 
-    def loss_fn(params, micro):
-        prompts, completions, mask, old_logp, ref_logp, advantages, weights = micro
-        model = nnx.merge(graphdef, params)
-        logp = logprobs.continuation_logprobs(
-            model, prompts, completions, mask, group_size=config.group_size,
-            temperature=config.temperature, shared_prompt=config.shared_prompt,
-            logits_chunk_size=config.logits_chunk_size,
-        )
+    def loss_fn(params, micro, frozen):
+        prompts, completions, mask, old_logp, ref_logp, advantages, weights, dropout_key = micro
+        model = nnx.merge(graphdef, params, frozen, copy=True)
+        with adapters.dropout_rng(dropout_key):
+            logp = logprobs.continuation_logprobs(
+                model, prompts, completions, mask, group_size=config.group_size,
+                temperature=config.temperature, shared_prompt=config.shared_prompt,
+                logits_chunk_size=config.logits_chunk_size,
+            )
         return grpo_loss(
             logp, old_logp, ref_logp, advantages, mask, clip_eps=config.clip_eps,
             clip_eps_high=config.clip_eps_high, beta=config.beta, weights=weights,
@@ -261,9 +282,12 @@ def make_grpo_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformati
         micro = (
             rollout.prompts.split(config.num_micro_batches),
             *train_state.split_micro_batches((rollout.tokens, *rows), config.num_micro_batches),
+            train_state.dropout_keys(state, config.num_micro_batches),
         )
         shares = train_state.token_shares(mask, config.num_micro_batches)  # metrics are per-token means
-        loss, grads, metrics = train_state.accumulate_gradients(loss_fn, state.params, micro, shares)
+        trained, frozen = state.split_params()  # gradients of the trained parameters only
+        loss, grads, metrics = train_state.accumulate_gradients(functools.partial(loss_fn, frozen=frozen), trained,
+                                                                micro, shares)
         state, update_metrics = train_state.apply_gradients(state, grads, loss, optimizer)
         completion_length = jnp.sum(mask, axis=1).astype(jnp.float32)
         return state, {"loss": loss, **metrics, **update_metrics, "completion_length": completion_length.mean()}

@@ -7,6 +7,7 @@ answer and its end token): the LM head runs on target positions only.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +15,7 @@ import optax
 from flax import nnx
 
 from geor_jax import config_fields, logprobs, train_state
+from geor_jax.models.qwen2_5_vl import adapters
 from geor_jax.rollout import Prompts
 
 
@@ -54,15 +56,19 @@ def sft_loss(model, prompts: Prompts, targets: jax.Array, target_mask: jax.Array
 def make_sft_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, config: SFTConfig = SFTConfig()):
     """A jitted, pure ``step(state, prompts, targets, target_mask) -> (state, metrics)``.
 
+    Only the state's trained parameters (``state.trainable``) get gradients
+    and updates; LoRA dropout, if any, draws from the state's RNG and step.
     With ``config.num_micro_batches`` > 1, gradients are accumulated over that
     many slices of the batch and give the same update as the whole batch at
     once. The state argument is donated.
     """
     num_micro_batches = config.num_micro_batches
 
-    def loss_fn(params, micro):
-        prompts, targets, mask, weights = micro
-        return sft_loss(nnx.merge(graphdef, params), prompts, targets, mask, weights, config.logits_chunk_size)
+    def loss_fn(params, micro, frozen):
+        prompts, targets, mask, weights, dropout_key = micro
+        with adapters.dropout_rng(dropout_key):
+            return sft_loss(nnx.merge(graphdef, params, frozen, copy=True), prompts, targets, mask, weights,
+                            config.logits_chunk_size)
 
     def step(state: train_state.TrainState, prompts: Prompts, targets, target_mask):
         mask = jnp.asarray(target_mask, jnp.float32)
@@ -70,9 +76,12 @@ def make_sft_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformatio
         micro = (
             prompts.split(num_micro_batches),
             *train_state.split_micro_batches((targets, target_mask, weights), num_micro_batches),
+            train_state.dropout_keys(state, num_micro_batches),
         )
         shares = train_state.token_shares(mask, num_micro_batches)  # nll_per_token is a per-token mean
-        loss, grads, metrics = train_state.accumulate_gradients(loss_fn, state.params, micro, shares)
+        trained, frozen = state.split_params()  # gradients of the trained parameters only
+        loss, grads, metrics = train_state.accumulate_gradients(functools.partial(loss_fn, frozen=frozen), trained,
+                                                                micro, shares)
         metrics["target_tokens"] = mask.sum()
         state, update_metrics = train_state.apply_gradients(state, grads, loss, optimizer)
         return state, {"loss": loss, **metrics, **update_metrics}

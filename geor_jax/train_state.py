@@ -4,6 +4,12 @@ The model's structure (``nnx.GraphDef``) stays outside the state; the state
 is a plain pytree (params, optimizer state, step, RNG key data, count of
 skipped updates) that jits, shards and checkpoints as is. Params keep their
 ``param_dtype`` (fp32 master weights); the compute dtype is the model's.
+
+``params`` holds every parameter; the state's ``trainable`` filter (static)
+names the ones that train (LoRA adapters, or all but frozen towers:
+``geor_jax.lora.trainable_filter``). The optimizer state covers only those,
+and the steps differentiate only those; the frozen ones pass through each
+update unchanged (donated and aliased, never copied).
 """
 
 from __future__ import annotations
@@ -68,16 +74,30 @@ class OptimizerConfig:
 class TrainState:
     """Everything a training run updates: a pytree of arrays."""
 
-    params: Any
-    opt_state: Any
+    params: Any  # every parameter, trained and frozen
+    opt_state: Any  # of the trained parameters only
     step: jax.Array
     rng: jax.Array  # raw key data (uint32), portable through checkpoints
     skipped_updates: jax.Array
+    trainable: Any = struct.field(pytree_node=False, default=nnx.Param)  # NNX filter of the trained parameters
+
+    def split_params(self) -> tuple[nnx.State, nnx.State]:
+        """(trained, frozen) parameters."""
+        return nnx.split_state(self.params, self.trainable, ...)
+
+    def trained_only(self) -> "TrainState":
+        """This state without its frozen parameters: what a checkpoint needs to keep (the frozen ones are
+        rebuilt from their source on every start)."""
+        return self.replace(params=self.split_params()[0])
+
+    def with_frozen(self, frozen: nnx.State) -> "TrainState":
+        """A ``trained_only`` state made whole again with ``frozen``."""
+        return self.replace(params=nnx.merge_state(self.params, frozen))
 
 
 def create_train_state(
     model: nnx.Module, optimizer: optax.GradientTransformation, rng: jax.Array, mesh: Mesh | None = None,
-    rules: sharding.Rules = sharding.DEFAULT_RULES,
+    rules: sharding.Rules = sharding.DEFAULT_RULES, trainable: Any = nnx.Param,
 ) -> tuple[nnx.GraphDef, TrainState]:
     """Split ``model`` into its structure and a fresh train state.
 
@@ -85,7 +105,9 @@ def create_train_state(
     moments get the same shardings and everything else is replicated;
     without one, everything is committed to the first device. Either way a
     step and a checkpoint restore return the state exactly as placed, so the
-    step compiles once. ``rng`` is a typed or raw key.
+    step compiles once. ``rng`` is a typed or raw key. ``trainable``: the NNX
+    filter of the parameters that train (default: all); the optimizer state
+    is made for those alone.
     """
     graphdef, params = nnx.split(model, nnx.Param)
     if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
@@ -99,36 +121,42 @@ def create_train_state(
         rest = NamedSharding(mesh, PartitionSpec())
         param_shardings = sharding.state_shardings(params, mesh, rules)
     params = jax.device_put(params, param_shardings)
+    trained, _ = nnx.split_state(params, trainable, ...)
+    if not jax.tree.leaves(trained):
+        raise ValueError(f"trainable={trainable!r} selects no parameter of the model: nothing would train")
+    trained_shardings, _ = nnx.split_state(param_shardings, trainable, ...)
     # The optimizer's moments mirror the params' shardings; its counters, like
     # every other leaf, get ``rest``. (Left to XLA, init's zeros do not depend
     # on the params and land on one device.)
     opt_shardings = optax.tree_map_params(
-        optimizer, lambda _, param_sharding: param_sharding, jax.eval_shape(optimizer.init, params), param_shardings,
-        transform_non_params=lambda _: rest,
+        optimizer, lambda _, param_sharding: param_sharding, jax.eval_shape(optimizer.init, trained),
+        trained_shardings, transform_non_params=lambda _: rest,
     )
-    opt_state = jax.jit(optimizer.init, out_shardings=opt_shardings)(params)
+    opt_state = jax.jit(optimizer.init, out_shardings=opt_shardings)(trained)
 
     def counter():  # one buffer each: the step donates them
         return jax.device_put(jnp.zeros((), jnp.int32), rest)
 
     state = TrainState(params=params, opt_state=opt_state, step=counter(), rng=jax.device_put(rng, rest),
-                       skipped_updates=counter())
+                       skipped_updates=counter(), trainable=trainable)
     return graphdef, state
 
 
 def apply_gradients(state: TrainState, grads: Any, loss: jax.Array, optimizer: optax.GradientTransformation):
-    """One optimizer update, skipped if the loss or any gradient is not finite.
+    """One optimizer update of the trained parameters (``grads`` is theirs), skipped if the loss or any gradient
+    is not finite.
 
     A skipped update leaves params and optimizer state exactly as they were
-    and counts in ``skipped_updates``; ``step`` advances either way.
-    Returns (state, metrics with grad_norm and skipped).
+    and counts in ``skipped_updates``; ``step`` advances either way; frozen
+    parameters pass through. Returns (state, metrics with grad_norm and skipped).
     """
+    trained, frozen = state.split_params()
     finite = jnp.isfinite(loss) & jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    updates, opt_state = optimizer.update(grads, state.opt_state, trained)
+    params = optax.apply_updates(trained, updates)
     keep_if_finite = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
     new_state = state.replace(
-        params=keep_if_finite(params, state.params),
+        params=nnx.merge_state(keep_if_finite(params, trained), frozen),
         opt_state=keep_if_finite(opt_state, state.opt_state),
         step=state.step + 1,
         skipped_updates=state.skipped_updates + (~finite).astype(jnp.int32),
@@ -168,6 +196,19 @@ def token_shares(mask: jax.Array, num_micro_batches: int) -> jax.Array:
     """Each micro-batch's share of the mask's tokens, (num_micro_batches,): weights for per-token metrics."""
     per_micro = jnp.sum(mask.reshape(num_micro_batches, -1).astype(jnp.float32), axis=1)
     return per_micro / jnp.maximum(jnp.sum(per_micro), 1.0)
+
+
+_DROPOUT_STREAM = 0x4C6F5241  # folded into the state's key for dropout, apart from the GRPO loop's sampling keys
+
+
+def dropout_keys(state: TrainState, num: int) -> jax.Array:
+    """``num`` keys for this step's LoRA dropout (one per micro-batch), from the state's RNG and step.
+
+    A function of (rng, step) alone, so a resumed run draws the same masks.
+    Unused (and compiled away) when no adapter has dropout.
+    """
+    base = jax.random.fold_in(jax.random.wrap_key_data(state.rng), _DROPOUT_STREAM)
+    return jax.random.split(jax.random.fold_in(base, state.step), num)
 
 
 def split_micro_batches(tree: Any, num_micro_batches: int) -> Any:

@@ -18,8 +18,9 @@ from geor_jax.run import config as run_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
-VARIANTS = {"demo.py": ("sft", "grpo"), "geor_7b_sft.py": ("tpu_v5p", "gpu8"),
-            "geor_7b_grpo.py": ("tpu_v5p", "gpu8"), "geor_3b_grpo.py": ("tpu_v5p", "gpu8")}
+VARIANTS = {"demo.py": ("sft", "grpo", "grpo_lora"), "geor_7b_sft.py": ("tpu_v5p", "gpu8"),
+            "geor_7b_grpo.py": ("tpu_v5p", "gpu8"), "geor_3b_grpo.py": ("tpu_v5p", "gpu8"),
+            "geor_7b_grpo_lora.py": ("tpu_v5e", "gpu1")}
 
 
 def load(name, arg):
@@ -35,11 +36,12 @@ def test_every_config_file_is_covered():
 
 @pytest.mark.parametrize("name, arg", [(n, a) for n, args in VARIANTS.items() for a in args])
 def test_config_resolves(name, arg):
-    run = run_config.resolve(load(name, arg), 1 if name == "demo.py" else 8)
+    devices = 1 if name == "demo.py" or arg == "gpu1" else 8
+    run = run_config.resolve(load(name, arg), devices)
     assert run.stage in ("sft", "grpo")
     if name != "demo.py":
         assert run.model.init_from and run.data.tokenizer_dir == run.model.init_from
-        assert run.model.dtype == "bfloat16" and run.model.remat and run.mesh.fsdp == 8
+        assert run.model.dtype == "bfloat16" and run.model.remat and run.mesh.fsdp == devices
         assert run.export.dtype == "bfloat16" and run.eval.num_examples == 0  # serve bf16; evaluate all
 
 
@@ -86,6 +88,10 @@ BAD = [
     ("mesh.fsdp", 3, "--config.mesh: {'data': 1, 'fsdp': 3, 'tensor': 1} does not use exactly 4 devices"),
     ("model.text.mrope_section", (4, 4, 4), "--config.model: text_config.rope_parameters.mrope_section"),
     ("grpo.num_micro_batches", 3, "--config.grpo.num_micro_batches: 3 does not divide data.global_batch_size 8"),
+    ("lora.targets", ("qkv",), "--config.lora.targets: element 'qkv': 'qkv' is not one of ['q', 'k', 'v', 'o',"),
+    ("lora.rank", -1, "--config.lora.rank: must be >= 0, got -1"),
+    ("lora.init_from", "/some/adapter", "--config.lora.rank: must be > 0 to continue from init_from's adapter"),
+    ("train.freeze", ("towers",), "--config.train.freeze: element 'towers': 'towers' is not one of ['vision',"),
 ]
 
 

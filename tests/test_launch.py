@@ -267,3 +267,43 @@ def test_load_policy_checks_the_checkpoint_against_the_tokenizer(data, tmp_path)
     save_tiny_policy(data, tmp_path / "bad", image_token_id=5)
     with pytest.raises(ValueError, match="--config.model.init_from: .* does not match tokenizer"):
         build.load_policy(config, str(tmp_path / "bad"), tokenizer_dir, mesh)
+
+
+def test_grpo_lora_resumes_exactly_exports_merged_and_peft_and_continues_from_the_adapter(data, tmp_path):
+    """GRPO with LoRA (beta 0.04) from a HF checkpoint: checkpoints hold only the adapters and their moments,
+    the resume is bitwise exact, ``hf/`` holds the merged policy and ``adapter/`` the PEFT adapter, and a new
+    run continues from that adapter (its first step already differs from the base, the KL reference)."""
+    import jax
+    from flax import nnx
+
+    from geor_jax import lora
+    from geor_jax.models import qwen2_5_vl as qvl
+    from geor_jax.models.qwen2_5_vl import peft_io
+
+    straight_dir, grpo_init = tmp_path / "straight", save_tiny_policy(data, tmp_path / "init")
+    args = ["--config=configs/demo.py:grpo", f"--config.model.init_from={grpo_init}", *overrides(data, 4, 2), NO_EVAL,
+            "--config.lora.rank=4", "--config.lora.alpha=8", "--config.optimizer.learning_rate=1e-2"]
+    probe([f"--workdir={straight_dir}", *args], straight_dir.with_suffix(".jsonl"), scorer="crc")
+    (straight_dir / "probe.jsonl").write_bytes(straight_dir.with_suffix(".jsonl").read_bytes())
+    rows = train_rows(straight_dir)
+    assert rows[0]["kl"] == 0 and all(row["kl"] > 0 for row in rows[1:])  # adapters start at zero, then move
+    saved = json.dumps(final_checksums(straight_dir, 4))
+    assert "lora_b" in saved and "kernel" not in saved and "embed_tokens" not in saved  # no base weight saved
+
+    assert_kill_and_resume_is_exact(straight_dir, args, tmp_path, total_steps=4, kill_at_batch=4, scorer="crc")
+
+    # hf/ is the merged policy: base + adapter, as the run's own adapted model computes it.
+    base = qvl.load_hf_checkpoint(grpo_init, scan_layers=True)
+    lora.add_adapters(base, lora.LoRAConfig(rank=4, alpha=8.0), jax.random.key(0))
+    peft_io.load_adapter(base, straight_dir / "adapter")
+    merged = qvl.load_hf_checkpoint(straight_dir / "hf", scan_layers=True)
+    delta = [np.abs(np.asarray(m[...]) - np.asarray(b[...])).max()
+             for m, b in zip(jax.tree.leaves(nnx.state(merged, nnx.Param)),
+                             jax.tree.leaves(nnx.state(lora.merge_adapters(base), nnx.Param)))]
+    assert max(delta) < 1e-6
+
+    # A new run continues from the PEFT adapter: at its first step the policy is already off the reference.
+    continued = tmp_path / "continued"
+    launch("train.py", [f"--workdir={continued}", *args, f"--config.lora.init_from={straight_dir / 'adapter'}",
+                        "--config.train.num_steps=1"])
+    assert train_rows(continued)[0]["kl"] > 0

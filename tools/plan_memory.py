@@ -45,7 +45,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # run as a script
 
-from geor_jax import grpo, logprobs, sampling, sft, train_state  # noqa: E402
+from geor_jax import grpo, logprobs, lora, sampling, sft, train_state  # noqa: E402
 from geor_jax import sharding as sharding_lib  # noqa: E402
 from geor_jax.models import qwen2_5_vl as qvl  # noqa: E402
 from geor_jax.rollout import Prompts, Rollout  # noqa: E402
@@ -147,6 +147,9 @@ flags.DEFINE_integer("completion_len", 256, "GRPO completion tokens", lower_boun
 flags.DEFINE_bool("no_shared_prompt", False, "score each completion with its own copy of the prompt")
 flags.DEFINE_string("ref_dtype", None, "reference params dtype (default: the param dtype)")
 flags.DEFINE_bool("no_sampler", False, "skip the rollout phases")
+flags.DEFINE_integer("lora_rank", 0, "LoRA rank on the text decoder's projections (0: full fine-tuning); only the "
+                     "adapters train and have AdamW moments, and the GRPO reference is the base (no copy)",
+                     lower_bound=0)
 flags.DEFINE_string("extrapolate", None, "A,B: compile at text/vision depths A and B (three reduced models) and "
                     "extrapolate every phase linearly to the full depth; e.g. 2,4. Full-depth compiles of 7B take "
                     "> 30 min on CPU")
@@ -275,31 +278,49 @@ def abstract_prompts(config, mesh, batch: int, prompt_len: int, grid) -> Prompts
 
 
 class Plan:
-    """Abstract model, train state and reference params on a mesh."""
+    """Abstract model, train state and reference params on a mesh.
+
+    With ``lora_rank``, adapters (float32) sit on the text decoder's projections, the optimizer state covers
+    them alone, and the KL reference keeps no weights of its own (``grpo.reference_params``): the reference
+    phase reads the live params with the adapters disabled.
+    """
 
     def __init__(self, config, mesh, *, dtype, param_dtype, remat, scan_layers, ref_dtype=None,
-                 learning_rate: float = 1e-6):
+                 learning_rate: float = 1e-6, lora_rank: int = 0):
         self.config, self.mesh = config, mesh
-        abstract_model = nnx.eval_shape(lambda: qvl.Qwen2VL(
-            config, dtype=dtype, param_dtype=param_dtype, remat=remat, scan_layers=scan_layers, rngs=nnx.Rngs(0)))
-        self.graphdef, params = nnx.split(abstract_model, nnx.Param)
+
+        def build():
+            model = qvl.Qwen2VL(config, dtype=dtype, param_dtype=param_dtype, remat=remat, scan_layers=scan_layers,
+                                rngs=nnx.Rngs(0))
+            if lora_rank:
+                lora.add_adapters(model, lora.LoRAConfig(rank=lora_rank, alpha=2.0 * lora_rank), jax.random.key(0))
+            return model
+
+        self.graphdef, params = nnx.split(nnx.eval_shape(build), nnx.Param)
         shardings = sharding_lib.state_shardings(params, mesh)
         self.params = jax.tree.map(lambda p, s: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=s), params, shardings)
         self.optimizer = train_state.OptimizerConfig(learning_rate=learning_rate).make()
         replicated = NamedSharding(mesh, PartitionSpec())
+        trainable = lora.trainable_filter(lora.LoRAConfig(rank=lora_rank))
+        trained, _ = nnx.split_state(self.params, trainable, ...)
         self.state = train_state.TrainState(
             params=self.params,
-            opt_state=mirror_param_shardings(jax.eval_shape(self.optimizer.init, self.params), self.params, replicated),
+            opt_state=mirror_param_shardings(jax.eval_shape(self.optimizer.init, trained), trained, replicated),
             step=jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated),
             rng=jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated),
             skipped_updates=jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated),
+            trainable=trainable,
         )
         ref_dtype = ref_dtype or param_dtype
-        self.ref_params = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, ref_dtype, sharding=p.sharding), self.params)
+        kept = grpo.reference_params(self.params, grpo.GRPOConfig(beta=0.04), trainable, copy=False)
+        kept = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, ref_dtype, sharding=p.sharding), kept)
+        self.ref_params = grpo.with_reference(self.params, kept)  # what the reference phase reads
         self.n_params = count_params(self.params)
+        self.n_trained = count_params(trained)
         self.param_bytes = per_device_bytes(self.params)
         self.state_bytes = per_device_bytes(self.state)
-        self.ref_bytes = per_device_bytes(self.ref_params)
+        self.ref_bytes = per_device_bytes(kept)  # resident on top of the train state: 0 with LoRA
+        self.ref_read_bytes = per_device_bytes(self.ref_params)
 
 
 def plan_sft(plan: Plan, *, batch: int, seq: int, target_len: int, grid, micro_batches: int,
@@ -340,7 +361,7 @@ def plan_grpo(plan: Plan, *, prompts: int, group_size: int, prompt_len: int, com
     rollout = Rollout(prompts=batch_prompts, tokens=completions, mask=completions, logprobs=per_token)
     reference = grpo.make_reference_logprobs(plan.graphdef, grpo_config)
     ref_phase, _ = compile_phase("reference logprobs", reference, plan.ref_params, rollout,
-                                 resident_arguments=plan.ref_bytes)
+                                 resident_arguments=plan.ref_read_bytes)
     phases.append(ref_phase)
     if update:
         rollout = rollout.replace(advantages=abstract((rows,), jnp.float32, mesh), ref_logprobs=per_token)
@@ -373,7 +394,7 @@ def make_plan(args, config, mesh) -> Plan:
     """The abstract model and states of ``config`` as the flags ``args`` set them."""
     return Plan(config, mesh, dtype=jnp.dtype(args.dtype), param_dtype=jnp.dtype(args.param_dtype),
                 remat=not args.no_remat, scan_layers=not args.no_scan_layers,
-                ref_dtype=args.ref_dtype and jnp.dtype(args.ref_dtype))
+                ref_dtype=args.ref_dtype and jnp.dtype(args.ref_dtype), lora_rank=args.lora_rank)
 
 
 def run_phases(args, config, mesh, grid) -> tuple[Plan, dict[str, list[Phase]]]:
@@ -454,19 +475,20 @@ def plan_memory(args) -> dict:
     print(f"model {args.model} (text layers {config.text.num_layers}, vision depth {config.vision.depth}): "
           f"{plan.n_params / 1e9:.3f} B params; mesh data={data} fsdp={fsdp} tensor={tensor} ({len(devices)} devices); "
           f"compute {args.dtype}, params {args.param_dtype}, remat {not args.no_remat}, scan_layers {not args.no_scan_layers}, "
-          f"micro-batches {args.micro_batches}, logits chunk {args.logits_chunk_size or 'off'}; "
+          f"micro-batches {args.micro_batches}, logits chunk {args.logits_chunk_size or 'off'}, "
+          f"{f'LoRA r={args.lora_rank} ({plan.n_trained / 1e6:.1f} M trained)' if args.lora_rank else 'full FT'}; "
           f"image {args.image_side}px = grid {grid} = {image_tokens} tokens")
-    print(f"per device: params {plan.param_bytes / 1e6:.1f} MB, train state (params + AdamW moments) "
-          f"{plan.state_bytes / 1e6:.1f} MB, reference params {plan.ref_bytes / 1e6:.1f} MB", flush=True)
+    print(f"per device: params {plan.param_bytes / 1e6:.1f} MB, train state (params + AdamW moments of the trained "
+          f"ones) {plan.state_bytes / 1e6:.1f} MB, reference params (own copy) {plan.ref_bytes / 1e6:.1f} MB", flush=True)
     if args.extrapolate:
         tasks = extrapolate_phases(args, config, mesh, grid, depths(args.extrapolate))
     resident_of = {"sft": plan.state_bytes, "grpo": plan.state_bytes + plan.ref_bytes}
     for phases in tasks.values():  # what each phase keeps resident, from the full-size plan (exact)
         for p in phases:
             p.resident_arguments = (plan.state_bytes if p.name.startswith(("sft step", "grpo step"))
-                                    else plan.ref_bytes if p.name.startswith("reference") else plan.param_bytes)
-    results = {"n_params": plan.n_params, "param_bytes": plan.param_bytes, "state_bytes": plan.state_bytes,
-               "ref_bytes": plan.ref_bytes}
+                                    else plan.ref_read_bytes if p.name.startswith("reference") else plan.param_bytes)
+    results = {"n_params": plan.n_params, "n_trained": plan.n_trained, "param_bytes": plan.param_bytes,
+               "state_bytes": plan.state_bytes, "ref_bytes": plan.ref_bytes}
     if "sft" in tasks:
         results["sft"] = report(f"SFT: batch {args.batch} x {args.seq} tokens ({args.seq - args.target_len} prompt + "
                                 f"{args.target_len} target)", plan, tasks["sft"], resident_of["sft"], args.hbm_gb)

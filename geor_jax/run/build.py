@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from geor_jax import config_fields, sharding, train_state
+from geor_jax import config_fields, lora, paths, sharding, train_state
 from geor_jax.data import pipeline
 from geor_jax.data import tokenizer as tokenizer_lib
 from geor_jax.models import qwen2_5_vl as qvl
+from geor_jax.models.qwen2_5_vl import peft_io
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 _DTYPE = config_fields.one_of(*DTYPES)
@@ -76,6 +78,19 @@ def build_model(config: ModelConfig, tokenizer: tokenizer_lib.Tokenizer, mesh, s
     architecture = config.architecture(tokenizer.vocab_size, **{k: overrides[k] for k in _TOKEN_IDS})
     return sharding.create_sharded_model(
         lambda: qvl.Qwen2VL(architecture, rngs=nnx.Rngs(seed), **config.options()), mesh)
+
+
+def adapt(model: qvl.Qwen2VL, config: lora.LoRAConfig, freeze, mesh, seed: int = 0):
+    """Put ``config``'s LoRA adapters on ``model`` (fresh, or ``config.init_from``'s PEFT adapter), in place;
+    returns the NNX filter of the parameters that train (``lora.trainable_filter``)."""
+    if config.rank:
+        lora.add_adapters(model, config, jax.random.fold_in(jax.random.key(seed), 1), mesh)
+        if config.init_from:
+            try:
+                peft_io.load_adapter(model, paths.local_copy(config.init_from))
+            except (OSError, ValueError) as error:
+                raise config_fields.ConfigError("--config.lora.init_from", str(error)) from None
+    return lora.trainable_filter(config, freeze)
 
 
 def load_policy(config: ModelConfig, hf_dir: str, tokenizer_dir: str, mesh) -> tuple[qvl.Qwen2VL, tokenizer_lib.Tokenizer]:

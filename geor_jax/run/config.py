@@ -12,7 +12,9 @@ section's fields, defaults and checks (``geor_jax.config_fields``)::
   sft            sft.SFTConfig                micro-batches, LM head chunk
   grpo           grpo.GRPOConfig              group, beta, clip, aggregation, sampling, passes
   reward         rewards.RewardConfig         distance reward and its breakpoints, combination, bonuses
-  train          run.loop.TrainConfig         steps, logging, checkpoint cadence, HF export, profiling, JAX cache
+  lora           lora.LoRAConfig              rank (0: off), alpha, dropout, target modules, PEFT adapter to continue
+  train          run.loop.TrainConfig         steps, logging, checkpoint cadence, frozen towers, HF export,
+                                              profiling, JAX cache
   export         run.export.ExportConfig      the exported HF checkpoint's dtype
 
 ``base_config(stage)`` is the ml_collections form that config files edit,
@@ -30,7 +32,7 @@ import dataclasses
 
 import ml_collections
 
-from geor_jax import config_fields, evaluate, grpo, rewards, sft, sharding, train_state
+from geor_jax import config_fields, evaluate, grpo, lora, rewards, sft, sharding, train_state
 from geor_jax.config_fields import ConfigError
 from geor_jax.data import pipeline
 from geor_jax.models import qwen2_5_vl as qvl
@@ -62,6 +64,7 @@ class RunConfig:
     sft: sft.SFTConfig = config_fields.field(sft.SFTConfig())
     grpo: grpo.GRPOConfig = config_fields.field(grpo.GRPOConfig())
     reward: rewards.RewardConfig = config_fields.field(rewards.RewardConfig())
+    lora: lora.LoRAConfig = config_fields.field(lora.LoRAConfig())
     train: TrainConfig = config_fields.field(TrainConfig())
     export: ExportConfig = config_fields.field(ExportConfig())
 

@@ -19,6 +19,7 @@ import transformers
 
 from geor_jax import checkpoint, config_fields, paths
 from geor_jax.data import tokenizer as tokenizer_lib
+from geor_jax.models.qwen2_5_vl import peft_io
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -56,3 +57,14 @@ def export_policy(graphdef, params, tokenizer: tokenizer_lib.Tokenizer, director
         if writer:
             tokenizer.hf.save_pretrained(local)
             generation_config(tokenizer, max_new_tokens).save_pretrained(local)
+
+
+def export_adapter(model, directory: str, *, base_model_name_or_path: str | None = None) -> None:
+    """Write ``model``'s LoRA adapters alone to ``directory`` (local or a URL) in PEFT's format.
+
+    Every process takes part (the adapters are gathered); process 0 writes,
+    into a local folder uploaded at the end when ``directory`` is a URL.
+    """
+    writer = jax.process_index() == 0
+    with paths.staged(directory, upload=writer) as local:
+        peft_io.save_adapter(model, local, base_model_name_or_path=base_model_name_or_path)

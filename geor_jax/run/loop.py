@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from geor_jax import (checkpoint, config_fields, evaluate, grpo, paths, regions, rewards, sampling, sft, sharding,
+from geor_jax import (checkpoint, config_fields, evaluate, grpo, lora, paths, regions, rewards, sampling, sft, sharding,
                       train_state)
 from geor_jax.data import pipeline
 from geor_jax.data import tokenizer as tokenizer_lib
@@ -29,15 +29,21 @@ from geor_jax.run.logger import IntervalTimer, MetricsLogger
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """How long a stage runs, how often it logs and checkpoints, whether it exports its policy, which
-    steps it profiles (``profile_steps=first,last``: a JAX trace in ``<workdir>/profile``; () none) and
-    where JAX's persistent compilation cache lives (relative: under the workdir; "": off)."""
+    """How long a stage runs, how often it logs and checkpoints, what it freezes, whether it exports its policy,
+    which steps it profiles and where JAX's persistent compilation cache lives.
+
+    freeze: towers that keep their weights in full fine-tuning (``lora.FREEZE_GROUPS``: "vision", "merger",
+    "embeddings"); with LoRA every base weight is frozen anyway.
+    profile_steps: ``first,last`` writes a JAX trace of those steps to ``<workdir>/profile``; () none.
+    compilation_cache_dir: relative paths are under the workdir; "" turns the cache off.
+    """
 
     num_steps: int = config_fields.field(2000, config_fields.at_least(1))
     log_every: int = config_fields.field(10, config_fields.at_least(1))
     checkpoint_every: int = config_fields.field(100, config_fields.at_least(1))
     keep_checkpoints: int = config_fields.field(3, config_fields.at_least(1))
     export_hf: bool = True
+    freeze: tuple[str, ...] = config_fields.field((), config_fields.each(config_fields.one_of(*lora.FREEZE_GROUPS)))
     profile_steps: tuple[int, ...] = config_fields.field((), profiling.check_steps)
     compilation_cache_dir: str = "compilation_cache"
 
@@ -62,6 +68,9 @@ class Run:
     start_step: int
     reference: object = None  # GRPO with beta != 0: the params the run started from (the KL reference)
     reference_digest: str | None = None  # its ``reference_fingerprint``, saved with every checkpoint
+    # LoRA or frozen towers: the ``reference_fingerprint`` of the parameters that do not train (which the
+    # checkpoints leave out), saved with every checkpoint; None in full fine-tuning.
+    frozen_digest: str | None = None
 
     def model(self) -> qvl.Qwen2VL:
         """The current policy as a module (shares the state's buffers)."""
@@ -83,29 +92,45 @@ def setup(config, workdir: str) -> Run:
     mesh = config.mesh.make()
     tokenizer = tokenizer_lib.load_tokenizer(config.data.tokenizer_dir)
     model = build.build_model(config.model, tokenizer, mesh, config.seed)
+    trainable = build.adapt(model, config.lora, config.train.freeze, mesh, config.seed)
     optimizer = build.optimizer(config.optimizer, config.train.num_steps)
-    graphdef, state = train_state.create_train_state(model, optimizer, jax.random.key(config.seed), mesh)
+    graphdef, state = train_state.create_train_state(model, optimizer, jax.random.key(config.seed), mesh,
+                                                     trainable=trainable)
     del model
     t = config.train
     checkpointer = checkpoint.Checkpointer(str(paths.as_path(workdir) / "checkpoints"), save_every=t.checkpoint_every,
                                            keep=t.keep_checkpoints)
-    fresh = state  # the run's starting policy: model.init_from, or the seeded random init
-    restored = checkpointer.restore_latest(jax.eval_shape(lambda: state))
+    fresh = state  # the run's starting policy: model.init_from (+ lora.init_from), or the seeded random init
+    # With LoRA or frozen towers, checkpoints hold only what trains: the frozen weights are rebuilt from their
+    # source on every (re)start and checked against the fingerprint saved with the checkpoints.
+    frozen = frozen_digest = None
+    if trainable is not nnx.Param:
+        frozen = state.split_params()[1]
+        frozen_digest = reference_fingerprint(frozen)
+    saved_state = state if frozen is None else state.trained_only()
+    restored = checkpointer.restore_latest(jax.eval_shape(lambda: saved_state))
     for damaged in checkpointer.set_aside:
         print(f"checkpoint step {damaged.step} is damaged ({damaged.reason}); moved to {damaged.path}", flush=True)
     start_step, data_state, saved = 0, None, {}
     if restored is not None:
         start_step, state, saved = restored
+        if frozen is not None:
+            state = state.with_frozen(frozen)
         data_state = saved["iterator"].encode()
         print(f"resumed from checkpoint at step {start_step}", flush=True)
+    if saved.get("frozen", frozen_digest) != frozen_digest:
+        raise config_fields.ConfigError(
+            "--config.model.init_from", f"{config.model.init_from or 'the random init'}: the frozen weights differ "
+            "from those this run trained on; restore them or use a new workdir")
     reference = digest = None
     if config.stage == "grpo" and config.grpo.beta != 0:
-        # The KL reference is always the starting policy, rebuilt from its source on every
-        # (re)start and checked against the fingerprint saved with the checkpoints. After a
-        # restore the fresh params are free to serve as it; at step 0 it must be a copy (the
-        # step donates the state's buffers).
-        reference = fresh.params if restored is not None else grpo.reference_params(fresh.params, config.grpo)
-        digest = reference_fingerprint(reference)
+        # The KL reference is always the starting policy with any adapters disabled, rebuilt from its source
+        # on every (re)start and checked against the fingerprint saved with the checkpoints. Only the weights
+        # that train need keeping apart (none with LoRA: the base is frozen); after a restore the fresh ones
+        # are free to serve, at step 0 they must be a copy (the step donates the state's buffers).
+        reference = grpo.reference_params(fresh.params, config.grpo, trainable, copy=restored is None)
+        digest = reference_fingerprint(grpo.with_reference(fresh.params, reference) if frozen is not None
+                                       else reference)
         if saved.get("reference", digest) != digest:
             source = config.model.init_from or f"the random init of seed {config.seed}"
             raise config_fields.ConfigError(
@@ -116,7 +141,7 @@ def setup(config, workdir: str) -> Run:
     if jax.process_index() == 0:
         paths.write_atomic(paths.as_path(workdir) / "config.json", config_fields.section(config).to_json(indent=2))
     return Run(config, workdir, mesh, tokenizer, graphdef, state, optimizer, iterator, checkpointer,
-               MetricsLogger(workdir, t.num_steps, start_step), start_step, reference, digest)
+               MetricsLogger(workdir, t.num_steps, start_step), start_step, reference, digest, frozen_digest)
 
 
 def run(config, workdir: str) -> dict[str, float]:
@@ -125,7 +150,8 @@ def run(config, workdir: str) -> dict[str, float]:
     Writes to ``workdir`` (local or a URL): ``checkpoints/``, ``tensorboard/``,
     ``config.json``, ``metrics.jsonl`` (train and eval logs), ``profile/`` if
     asked and, at the end, the policy as a HF checkpoint with its tokenizer
-    and generation config in ``hf/`` (``run.export``).
+    and generation config in ``hf/`` (``run.export``; with LoRA: adapters
+    merged in, and the adapters alone in PEFT's format in ``adapter/``).
     """
     r = setup(config, workdir)
     loop = _sft_loop if config.stage == "sft" else _grpo_loop
@@ -135,6 +161,9 @@ def run(config, workdir: str) -> dict[str, float]:
     if config.train.export_hf:
         export.export_policy(r.graphdef, r.state.params, r.tokenizer, str(paths.as_path(workdir) / "hf"),
                              config.export, config.eval.max_new_tokens)
+        if config.lora.rank:
+            export.export_adapter(r.model(), str(paths.as_path(workdir) / "adapter"),
+                                  base_model_name_or_path=config.model.init_from or None)
     r.logger.close()
     return eval_metrics
 
@@ -143,7 +172,9 @@ def _save(r: Run, step: int, force: bool = False) -> None:
     data = {"iterator": r.iterator.get_state().decode()}
     if r.reference is not None:
         data["reference"] = r.reference_digest
-    r.checkpointer.save(step, r.state, data, force=force)
+    if r.frozen_digest is not None:
+        data["frozen"] = r.frozen_digest
+    r.checkpointer.save(step, r.state if r.frozen_digest is None else r.state.trained_only(), data, force=force)
 
 
 def _maybe_evaluate(r: Run, step: int, last: bool) -> dict[str, float]:
@@ -211,7 +242,8 @@ def _grpo_loop(r: Run) -> dict[str, float]:
         advantages, stats = grpo.group_advantages(jnp.asarray(scored.reward), g.group_size, g.advantage_scale)
         rollout = rollout.replace(advantages=advantages)
         if r.reference is not None:
-            rollout = rollout.replace(ref_logprobs=reference(r.reference, rollout))
+            ref_params = r.reference if r.frozen_digest is None else grpo.with_reference(r.state.params, r.reference)
+            rollout = rollout.replace(ref_logprobs=reference(ref_params, rollout))
         for _ in range(g.num_passes):
             r.state, metrics = step_fn(r.state, rollout)
         profiler.after(step, metrics)

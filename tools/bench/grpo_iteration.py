@@ -16,6 +16,7 @@ machine's matmul peak / memory bandwidth.
     PYTHONPATH=. python tools/bench/grpo_iteration.py                       # both sides, B=2, G=8, 64 tokens
     PYTHONPATH=. python tools/bench/grpo_iteration.py --side=jax --groups=4,8,16 --completions=64,128,256  # RESULT lines
     PYTHONPATH=. python tools/bench/grpo_iteration.py --plot=tools/bench/grpo_scaling.png --results=/tmp/scaling.json
+    PYTHONPATH=. python tools/bench/grpo_iteration.py --side=lora   # geor_jax LoRA r=16 vs full fine-tuning
 
 TRL needs a processor for a vision model. transformers' ``Qwen2_5_VLProcessor``
 insists on a video processor, whose class needs torchvision (broken next to
@@ -49,7 +50,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 
 import common  # noqa: E402
-from geor_jax import grpo, rewards, sampling, train_state  # noqa: E402
+from geor_jax import grpo, lora, rewards, sampling, train_state  # noqa: E402
 from geor_jax.data import patches, prompts as prompts_lib, tokenizer as tokenizer_lib  # noqa: E402
 from geor_jax.models import qwen2_5_vl as qvl  # noqa: E402
 from geor_jax.rollout import Prompts  # noqa: E402
@@ -73,10 +74,13 @@ def _positive_ints(values: list[str]) -> bool:
     return all(v.isdigit() and int(v) >= 1 for v in values)
 
 
-flags.DEFINE_enum("side", "both", ["both", "jax", "trl", "prepare"],
+flags.DEFINE_enum("side", "both", ["both", "jax", "trl", "prepare", "lora"],
                   "both: prepare, then each side in its own process and the table; jax / trl: one side in this "
                   "process, one RESULT line per measurement; prepare: only write --workdir")
 flags.DEFINE_string("workdir", None, "checkpoint + tokenizer + images (default: a temp dir)")
+flags.DEFINE_integer("lora_rank", 0, "jax side: train LoRA adapters of this rank on the text decoder's projections "
+                     "(0: full fine-tuning); --side=lora compares this rank (16 if 0) with full fine-tuning",
+                     lower_bound=0)
 flags.DEFINE_integer("threads", 2, "CPU threads of each side", lower_bound=1)
 flags.DEFINE_integer("prompts", 2, "B prompts per iteration", lower_bound=1)
 flags.DEFINE_list("groups", ["8"], "G values, comma-separated")
@@ -143,8 +147,13 @@ def run_jax(args, workdir: str, group: int, completion: int) -> dict:
     optimizer = train_state.OptimizerConfig(learning_rate=LEARNING_RATE).make()
     config = grpo.GRPOConfig(group_size=group, beta=BETA, temperature=TEMPERATURE, max_new_tokens=completion,
                              shared_prompt=not args.no_shared_prompt)
-    graphdef, state = train_state.create_train_state(model, optimizer, jax.random.key(0))
-    ref_params = grpo.reference_params(state.params, config)
+    lora_config = lora.LoRAConfig()  # rank 0: full fine-tuning
+    if args.lora_rank:
+        lora_config = lora.LoRAConfig(rank=args.lora_rank, alpha=2.0 * args.lora_rank)
+        lora.add_adapters(model, lora_config, jax.random.key(1))
+    trainable = lora.trainable_filter(lora_config)
+    graphdef, state = train_state.create_train_state(model, optimizer, jax.random.key(0), trainable=trainable)
+    kept = grpo.reference_params(state.params, config, trainable)  # with LoRA: nothing (the base, adapters off)
     reference = grpo.make_reference_logprobs(graphdef, config)
     step = grpo.make_grpo_step(graphdef, optimizer, config)
     prompt_config = prompts_lib.PromptConfig(instruction=INSTRUCTION, system=None)
@@ -192,6 +201,7 @@ def run_jax(args, workdir: str, group: int, completion: int) -> dict:
         advantages, _ = grpo.group_advantages(scored.reward, group)
         rollout = rollout.replace(advantages=advantages)
         mark("reward")
+        ref_params = grpo.with_reference(holder["state"].params, kept)
         rollout = rollout.replace(ref_logprobs=reference(ref_params, rollout).block_until_ready())
         mark("reference")
         holder["state"], metrics = step(holder["state"], rollout)
@@ -218,12 +228,13 @@ def run_jax(args, workdir: str, group: int, completion: int) -> dict:
     result = {"side": "jax", "compiles": compiles, "G": group, "completion": completion, "prompts": args.prompts, "prompt_len":
               int(last.prompts.tokens.shape[1]), "iteration_s": median, "times": times, "samples_per_s": rows / median,
               "phases": {k: statistics.median(v) for k, v in phases.items()}, "remat": args.remat,
-              "shared_prompt": not args.no_shared_prompt, **rss_and_load()}
+              "shared_prompt": not args.no_shared_prompt, "lora_rank": lora_config.rank,
+              "trained_params": sum(x.size for x in jax.tree.leaves(state.split_params()[0])), **rss_and_load()}
 
     # How far from the hardware: FLOPs of the compiled update and of one decode step.
     peak, bandwidth = common.matmul_peak(), common.copy_bandwidth()
     update_flops = common.compiled_flops(step, holder["state"], last)
-    reference_flops = common.compiled_flops(reference, ref_params, last)
+    reference_flops = common.compiled_flops(reference, grpo.with_reference(holder["state"].params, kept), last)
     prompt_len = last.prompts.tokens.shape[1]
 
     def prefill():  # the prefill phase of a rollout, with its model merge and split
@@ -351,12 +362,13 @@ def prepared_workdir(workdir: str | None) -> str:
     return workdir
 
 
-def child(args, side: str, workdir: str, group: int, completion: int) -> dict:
+def child(args, side: str, workdir: str, group: int, completion: int, lora_rank: int = 0) -> dict:
     """Run one side in a fresh process (its own peak RSS, its own thread settings)."""
     command = [sys.executable, os.path.abspath(__file__), f"--side={side}", f"--workdir={workdir}",
                f"--threads={args.threads}", f"--prompts={args.prompts}", f"--groups={group}",
                f"--completions={completion}", f"--iterations={args.iterations}", f"--warmup={args.warmup}",
-               f"--trl_iterations={args.trl_iterations}", f"--trl_gradient_checkpointing={args.trl_gradient_checkpointing}"]
+               f"--trl_iterations={args.trl_iterations}", f"--trl_gradient_checkpointing={args.trl_gradient_checkpointing}",
+               f"--lora_rank={lora_rank}"]
     command += ["--remat"] if args.remat else []
     command += ["--no_shared_prompt"] if args.no_shared_prompt else []
     output = subprocess.run(command, env=child_env(), check=True, capture_output=True, text=True)
@@ -395,6 +407,20 @@ def print_table(results: list[dict]) -> None:
             print(f"\nTRL {r['trl']} G={r['G']} T={r['completion']} (load {r['load']}): generate {r['generate_s']:.2f} s "
                   f"of {r['iteration_s']:.2f} s; min completion length {r['min_completion_length']}; times "
                   f"{[round(t, 2) for t in r['times']]}")
+
+
+def print_lora_table(full: dict, adapted: dict) -> None:
+    """geor_jax full fine-tuning vs LoRA on the same model, rollouts and config: each phase and the ratio."""
+    print(f"\n| phase (median s) | full fine-tuning ({full['trained_params'] / 1e6:.1f} M trained) | LoRA r="
+          f"{adapted['lora_rank']} ({adapted['trained_params'] / 1e6:.2f} M trained) | LoRA / full |")
+    print("| --- | ---: | ---: | ---: |")
+    for name in ("sample", "reference", "update"):
+        f, a = full["phases"][name], adapted["phases"][name]
+        print(f"| {name} | {f:.3f} | {a:.3f} | {a / f:.2f}x |")
+    f, a = full["iteration_s"], adapted["iteration_s"]
+    print(f"| iteration | {f:.3f} | {a:.3f} | {a / f:.2f}x |")
+    print(f"peak RSS GB: full {full['peak_rss_gb']:.2f}, LoRA {adapted['peak_rss_gb']:.2f}; load {full['load']} / "
+          f"{adapted['load']}; update GFLOP: full {full['update_gflop']:.1f}, LoRA {adapted['update_gflop']:.1f}")
 
 
 def plot(results_path: str, out_path: str) -> None:
@@ -457,6 +483,16 @@ def main(argv):
                 print("RESULT " + json.dumps(run(args, workdir, group, completion)), flush=True)
         return
     workdir = prepared_workdir(args.workdir)
+    if args.side == "lora":
+        rank = args.lora_rank or 16
+        for group in groups:
+            for completion in completions:
+                full = child(args, "jax", workdir, group, completion, lora_rank=0)
+                adapted = child(args, "jax", workdir, group, completion, lora_rank=rank)
+                print(f"G={group} T={completion}, {args.prompts} prompts, {args.threads} threads:")
+                print_lora_table(full, adapted)
+                print("RESULT " + json.dumps({"full": full, "lora": adapted}), flush=True)
+        return
     results = []
     for group in groups:
         for completion in completions:

@@ -105,7 +105,7 @@ def _is_stacked(path: tuple, model: Qwen2VL) -> bool:
     return path[:2] == ("text", "layers") and model.text.scan_layers
 
 
-def _hf_names(path: tuple, model: Qwen2VL) -> list[str]:
+def hf_names(path: tuple, model: Qwen2VL) -> list[str]:
     """One name per tensor; a scanned (stacked) parameter maps to one name per layer."""
     if _is_stacked(path, model):
         return [hf_name(path[:2] + (layer,) + path[2:]) for layer in range(model.config.text.num_layers)]
@@ -127,7 +127,7 @@ def _check_tensors(
     """
     plan, used = [], set()
     for path, var in nnx.to_flat_state(state):
-        names = _hf_names(path, model)
+        names = hf_names(path, model)
         missing = [n for n in names if n not in available]
         if missing:
             raise KeyError(f"checkpoint {checkpoint_dir} lacks tensor(s) {missing[:3]} for parameter {'/'.join(map(str, path))}")
@@ -206,12 +206,18 @@ def load_hf_checkpoint(
 
 
 def iter_hf_tensors(model: Qwen2VL, dtype=None) -> Iterator[tuple[str, np.ndarray]]:
-    """(HF name, host array) for every parameter, one tensor at a time, optionally cast to ``dtype``."""
+    """(HF name, host array) for every parameter, one tensor at a time, optionally cast to ``dtype``.
+
+    A model with LoRA adapters is refused: a HF checkpoint has no place for them.
+    """
+    if jax.tree.leaves(nnx.state(model, nnx.LoRAParam)):
+        raise ValueError("the model carries LoRA adapters: merge them into its weights first "
+                         "(geor_jax.lora.merge_adapters) or save them alone (peft_io.save_adapter)")
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         value = var.get_value()
         if not value.is_fully_addressable:
             value = multihost_utils.process_allgather(value, tiled=True)
-        names = _hf_names(path, model)
+        names = hf_names(path, model)
         for layer, name in enumerate(names):
             layer_value = value[layer] if _is_stacked(path, model) else value
             hf_shape = _hf_shape(path, var, layer_value.shape, model.config)

@@ -44,11 +44,13 @@ def matmul_dtype(param_dtype, compute_dtype):
 
 
 class Dense(nnx.Module):
-    """``y = x @ kernel + bias`` with a kernel of any rank.
+    """``y = x @ kernel + bias`` with a kernel of any rank, plus its LoRA adapter's update if it has one.
 
     ``in_shape``/``out_shape`` let attention keep heads as their own dimension
     (e.g. kernel ``(embed, heads, head_dim)``), which is what tensor
-    parallelism shards.
+    parallelism shards. ``lora`` is None or an ``adapters.LoRA``
+    (``geor_jax.lora.add_adapters``); its update is added last, so a zero
+    update leaves ``y`` exactly as it was.
     """
 
     def __init__(self, in_shape, out_shape, in_axes, out_axes, *, use_bias: bool, dtype, param_dtype, rngs):
@@ -58,6 +60,7 @@ class Dense(nnx.Module):
             rngs, normal_init, in_shape + out_shape, tuple(in_axes) + tuple(out_axes), param_dtype, input_dims=self.n_in
         )
         self.bias = make_param(rngs, zeros_init, out_shape, out_axes, param_dtype) if use_bias else None
+        self.lora = nnx.data(None)
         self.dtype = dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -79,6 +82,8 @@ class Dense(nnx.Module):
                     preferred_element_type=self.dtype).reshape(lead + out_shape)
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
+        if self.lora is not None:
+            y = y + self.lora(x.reshape(-1, fan_in)).reshape(lead + out_shape)
         return y
 
 

@@ -123,19 +123,21 @@ class CheckpointReader:
     read); a malformed file raises ``CheckpointFileError`` naming it.
     """
 
-    def __init__(self, checkpoint_dir: str | os.PathLike):
+    def __init__(self, checkpoint_dir: str | os.PathLike, single_file: str = SINGLE_FILE):
+        """``single_file``: the file name of an unsharded checkpoint (``adapter_model.safetensors`` for PEFT)."""
         checkpoint_dir = os.fspath(checkpoint_dir)
         index_path = os.path.join(checkpoint_dir, INDEX_FILE)
-        if os.path.exists(index_path):
+        if os.path.exists(index_path) and single_file == SINGLE_FILE:
             weight_map = _read_weight_map(index_path)
             files = sorted(set(weight_map.values()))
             for name in files:
                 if not os.path.isfile(os.path.join(checkpoint_dir, name)):
                     raise CheckpointFileError(index_path, f"weight_map names shard {name}, which does not exist")
-        elif os.path.exists(os.path.join(checkpoint_dir, SINGLE_FILE)):
-            weight_map, files = {}, [SINGLE_FILE]
+        elif os.path.exists(os.path.join(checkpoint_dir, single_file)):
+            weight_map, files = {}, [single_file]
         else:
-            raise FileNotFoundError(f"no {INDEX_FILE} or {SINGLE_FILE} in {checkpoint_dir} (only safetensors is supported)")
+            looked_for = f"{INDEX_FILE} or {single_file}" if single_file == SINGLE_FILE else single_file
+            raise FileNotFoundError(f"no {looked_for} in {checkpoint_dir} (only safetensors is supported)")
         self._entries: dict[str, tuple[str, int, dict]] = {}
         for name in files:
             path = os.path.join(checkpoint_dir, name)

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from geor_jax import sharding
-from geor_jax.models.qwen2_5_vl import layers
+from geor_jax.models.qwen2_5_vl import adapters, layers
 from geor_jax.models.qwen2_5_vl.cache import KVCache, init_cache
 from geor_jax.models.qwen2_5_vl.config import TextConfig
 from geor_jax.models.qwen2_5_vl.rope import text_rope
@@ -153,10 +153,12 @@ class TextDecoder(nnx.Module):
             graphdef, stacked = nnx.split(self.layers)
 
             def body(x, per_layer):
-                layer_state, layer_kv = per_layer
-                return run_layer(nnx.merge(graphdef, layer_state), x, layer_kv)
+                layer_state, layer_kv, index = per_layer
+                with adapters.layer_index(index):  # distinct LoRA dropout masks per layer
+                    return run_layer(nnx.merge(graphdef, layer_state), x, layer_kv)
 
-            x, kv = jax.lax.scan(body, x, (stacked, None if cache is None else (cache.keys, cache.values)))
+            kv = None if cache is None else (cache.keys, cache.values)
+            x, kv = jax.lax.scan(body, x, (stacked, kv, jnp.arange(self.config.num_layers)))
         else:
             new_keys, new_values = [], []
             for index, layer in enumerate(self.layers):
