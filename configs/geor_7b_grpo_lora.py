@@ -39,4 +39,6 @@ def get_config(hardware: str = "tpu_v5e"):
     c.grpo.num_micro_batches = micro_batches
     c.lora.update(rank=64, alpha=128.0)
     c.optimizer.learning_rate = 1e-5  # LoRA's usual 10x the full fine-tuning rate (1e-6)
+    c.export.dtype = "bfloat16"  # the merged export, as the other real-size configs serve it
+    c.eval.num_examples = 0  # the whole eval split
     return c
