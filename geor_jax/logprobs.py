@@ -33,21 +33,32 @@ DEFAULT_LOGITS_CHUNK_SIZE = 128
 class Prompts:
     """B image prompts. tokens/mask: (B, P) left-padded; pixel_values: the
     patches of the B images in order (None for text-only); grids: one static
-    (t, h, w) per image."""
+    (t, h, w) per image. Native-resolution batches hold one image per row
+    instead: pixel_values (B, L, patch_dim) patch slots, ``row_grids`` (B, 3)
+    int32 (data, not static) and no ``grids`` (``qwen2_5_vl.image_rows``)."""
 
     tokens: jax.Array
     mask: jax.Array
     pixel_values: jax.Array | None
     grids: tuple[tuple[int, int, int], ...]
+    row_grids: jax.Array | None = None
+
+    @property
+    def image_grid_thw(self):
+        """What the model's ``image_grid_thw`` takes: the static grids, or the per-row grid array."""
+        return self.grids if self.row_grids is None else self.row_grids
 
 
-jax.tree_util.register_dataclass(Prompts, data_fields=["tokens", "mask", "pixel_values"], meta_fields=["grids"])
+jax.tree_util.register_dataclass(Prompts, data_fields=["tokens", "mask", "pixel_values", "row_grids"],
+                                 meta_fields=["grids"])
 
 
 def repeat_prompts(prompts: Prompts, group_size: int) -> Prompts:
     """Each prompt (and its image) repeated ``group_size`` times, group-major."""
     if group_size == 1:
         return prompts
+    if prompts.row_grids is not None:
+        return jax.tree.map(lambda x: jnp.repeat(x, group_size, axis=0), prompts)
     pixel_values = None
     if prompts.pixel_values is not None:
         per_image = [t * h * w for t, h, w in prompts.grids]
@@ -97,7 +108,7 @@ def continuation_logprobs(
             jnp.concatenate([full.tokens, tokens], axis=1),
             jnp.concatenate([full.mask, mask], axis=1),
             pixel_values=full.pixel_values,
-            image_grid_thw=full.grids,
+            image_grid_thw=full.image_grid_thw,
         )
         # Position P - 1 + i predicts continuation token i.
         hidden = hidden[:, prompt_len - 1 : prompt_len - 1 + tokens.shape[1]]
@@ -109,7 +120,8 @@ def _shared_prompt_hidden(model, prompts, tokens, mask, group_size):
     batch, prompt_len = prompts.tokens.shape
     cache = model.init_cache(batch, prompt_len + tokens.shape[1])
     prompt_hidden, cache = model.hidden_states(
-        prompts.tokens, prompts.mask, pixel_values=prompts.pixel_values, image_grid_thw=prompts.grids, cache=cache
+        prompts.tokens, prompts.mask, pixel_values=prompts.pixel_values, image_grid_thw=prompts.image_grid_thw,
+        cache=cache
     )
     first = jnp.repeat(prompt_hidden[:, -1:], group_size, axis=0)
     hidden, _ = model.hidden_states(tokens, mask, cache=qvl.repeat_rows(cache, group_size))
@@ -159,7 +171,11 @@ def lm_head_logprobs(
 
 
 def images_match_grids(prompts: Prompts) -> bool:
-    """Whether the patch rows equal the grids' patch count (static check)."""
+    """Whether the patch rows equal the grids' patch count, or there is one patch slot per row (static check)."""
+    if prompts.row_grids is not None:
+        rows = prompts.tokens.shape[0]
+        return (not prompts.grids and prompts.pixel_values is not None and prompts.pixel_values.ndim == 3
+                and prompts.pixel_values.shape[0] == rows and prompts.row_grids.shape == (rows, 3))
     if prompts.pixel_values is None:
         return not prompts.grids
     return prompts.pixel_values.shape[0] == sum(t * h * w for t, h, w in prompts.grids)
@@ -168,17 +184,20 @@ def images_match_grids(prompts: Prompts) -> bool:
 def split_prompts(prompts: Prompts, num_micro_batches: int) -> Prompts:
     """Prompts with arrays reshaped to (num_micro_batches, B / num_micro_batches, ...).
 
-    Every micro-batch must hold the same image grids (true for pipeline
-    batches, which share one resolution bucket), since grids are static.
+    Static grids must be the same in every micro-batch (true for bucketed
+    pipeline batches, which share one resolution); per-row grids
+    (``row_grids``) split with their rows.
     """
     batch = prompts.tokens.shape[0]
     if batch % num_micro_batches:
         raise ValueError(f"{batch} prompts do not split into {num_micro_batches} micro-batches")
+    split = lambda x: x.reshape(num_micro_batches, x.shape[0] // num_micro_batches, *x.shape[1:])  # noqa: E731
+    if prompts.row_grids is not None:
+        return jax.tree.map(split, prompts)
     images_per_micro = len(prompts.grids) // num_micro_batches
     micro_grids = prompts.grids[:images_per_micro]
     if len(prompts.grids) % num_micro_batches or micro_grids * num_micro_batches != prompts.grids:
         raise ValueError(f"image grids {prompts.grids} differ between the {num_micro_batches} micro-batches")
-    split = lambda x: x.reshape(num_micro_batches, x.shape[0] // num_micro_batches, *x.shape[1:])  # noqa: E731
     return Prompts(
         tokens=split(prompts.tokens),
         mask=split(prompts.mask),

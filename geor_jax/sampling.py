@@ -37,6 +37,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from geor_jax import sharding as sharding_lib
 from geor_jax.models.qwen2_5_vl import KVCache, Qwen2VL, repeat_rows
+from geor_jax.models.qwen2_5_vl import image_rows
 from geor_jax.models.qwen2_5_vl.cache import KEY_AXES, VALUE_AXES
 from geor_jax.models.qwen2_5_vl.rope import static_grids
 
@@ -250,12 +251,21 @@ def _lm_head_input(hidden):
     return sharding_lib.constrain(hidden, (None, None, "embed"))
 
 
+def _grid_arguments(pixel_values, image_grid_thw) -> tuple[tuple[Grid, ...], jax.Array | None]:
+    """(static grids, traced per-row grids) for the prefill jit: one image per row passes its grids as data."""
+    if image_rows.is_rows(pixel_values):
+        return (), jnp.asarray(image_grid_thw, jnp.int32)
+    return static_grids(image_grid_thw), None
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "grids", "group_size", "max_len", "mesh"))
-def _prefill(graphdef, state, prompt_tokens, prompt_mask, pixel_values, *, grids, group_size, max_len, mesh):
+def _prefill(graphdef, state, prompt_tokens, prompt_mask, pixel_values, row_grids, *, grids, group_size, max_len,
+             mesh):
     model = nnx.merge(graphdef, state)
     cache = model.init_cache(prompt_tokens.shape[0], max_len)
     hidden, cache = model.hidden_states(
-        prompt_tokens, prompt_mask, pixel_values=pixel_values, image_grid_thw=grids, cache=cache
+        prompt_tokens, prompt_mask, pixel_values=pixel_values, image_grid_thw=grids if row_grids is None else row_grids,
+        cache=cache
     )
     logits = model.logits(_lm_head_input(hidden[:, -1:]))[:, 0]
     return _constrain_rows((repeat_rows(cache, group_size), jnp.repeat(logits, group_size, axis=0)), mesh)
@@ -279,8 +289,9 @@ def prefill_groups(
     Inputs are not validated here: ``sample_groups`` does that.
     """
     graphdef, state = nnx.split(model)
-    return _prefill(graphdef, state, prompt_tokens, prompt_mask, pixel_values,
-                    grids=static_grids(image_grid_thw), group_size=group_size, max_len=max_len, mesh=mesh)
+    grids, row_grids = _grid_arguments(pixel_values, image_grid_thw)
+    return _prefill(graphdef, state, prompt_tokens, prompt_mask, pixel_values, row_grids,
+                    grids=grids, group_size=group_size, max_len=max_len, mesh=mesh)
 
 
 @struct.dataclass
@@ -378,6 +389,11 @@ def validate_inputs(model: Qwen2VL, prompt_tokens, prompt_mask, pixel_values, im
     if config.max_cache_len is not None and length + config.max_new_tokens > config.max_cache_len:
         raise ValueError(f"prompt length {length} + max_new_tokens {config.max_new_tokens} exceeds "
                          f"max_cache_len {config.max_cache_len}")
+    if image_rows.is_rows(pixel_values):
+        if pixel_values.shape[0] != batch or tuple(np.shape(image_grid_thw)) != (batch, 3):
+            raise ValueError(f"one image per row: pixel_values {pixel_values.shape} and image_grid_thw "
+                             f"{np.shape(image_grid_thw)} need {batch} rows (B, L, patch_dim) and (B, 3)")
+        image_grid_thw = ()  # per-row grids are data: checked by the pipeline that made them
     patches = sum(t * h * w for t, h, w in image_grid_thw)
     if image_grid_thw and (pixel_values is None or pixel_values.shape[0] != patches):
         got = None if pixel_values is None else pixel_values.shape
@@ -411,13 +427,16 @@ def sample_groups(
       config: a ``SamplingConfig``.
       group_size: G >= 1 samples per prompt.
       pixel_values: (num_patches, patch_dim) patches of all images in batch
-        order, or None for text-only prompts.
-      image_grid_thw: static (t, h, w) per image, in batch order.
+        order, or None for text-only prompts; or (B, L, patch_dim), one image
+        per row in patch slots (native-resolution batches).
+      image_grid_thw: static (t, h, w) per image, in batch order; with
+        patch slots, the (B, 3) per-row grids (data: any mix of grids that
+        fits the slots shares one compile).
       mesh: if given, rows (B*G) are sharded over data+fsdp and KV heads over
         tensor; the model's parameters keep their own sharding.
 
     Returns a ``Rollout`` of B*G group-major rows (row b*G+g is sample g of
-    prompt b). Compiles once per (model graph, B, P, G, image grids,
+    prompt b). Compiles once per (model graph, B, P, G, image grids (or slot length),
     config, mesh); the sampling key and the weights are ordinary arguments.
     """
     validate_inputs(model, prompt_tokens, prompt_mask, pixel_values, image_grid_thw, group_size, config)
@@ -425,8 +444,9 @@ def sample_groups(
     config = dataclasses.replace(config, suppress_tokens=tuple(sorted(set(config.suppress_tokens) | placeholders)))
     max_len = prompt_tokens.shape[1] + config.max_new_tokens
     graphdef, state = nnx.split(model)  # once for both jits (prefill_groups would split again)
-    cache, logits = _prefill(graphdef, state, prompt_tokens, prompt_mask, pixel_values,
-                             grids=static_grids(image_grid_thw), group_size=group_size, max_len=max_len, mesh=mesh)
+    grids, row_grids = _grid_arguments(pixel_values, image_grid_thw)
+    cache, logits = _prefill(graphdef, state, prompt_tokens, prompt_mask, pixel_values, row_grids,
+                             grids=grids, group_size=group_size, max_len=max_len, mesh=mesh)
     rollout, _ = _decode(graphdef, state, cache, logits, key, config=config, mesh=mesh)
     return rollout
 

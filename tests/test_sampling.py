@@ -82,6 +82,18 @@ def test_greedy_matches_transformers_generate(hf, batch, greedy):
     assert np.all(np.asarray(greedy.lengths) == NEW_TOKENS) and np.all(np.asarray(greedy.mask) == 1)
 
 
+def test_one_image_per_row_slots_sample_the_same_tokens(model, batch, greedy):
+    ids, mask, pix = batch
+    slots = np.zeros((2, 80, pix.shape[1]), np.float32)
+    n_a = GRID_A[0] * GRID_A[1] * GRID_A[2]
+    slots[0, :n_a], slots[1, : pix.shape[0] - n_a] = pix[:n_a], pix[n_a:]
+    rollout = sampling.sample_groups(model, jnp.asarray(ids), jnp.asarray(mask), jax.random.key(0), GREEDY,
+                                     group_size=GROUP, pixel_values=jnp.asarray(slots),
+                                     image_grid_thw=jnp.asarray(GRIDS, jnp.int32))
+    np.testing.assert_array_equal(np.asarray(rollout.tokens), np.asarray(greedy.tokens))
+    np.testing.assert_allclose(np.asarray(rollout.logprobs), np.asarray(greedy.logprobs), atol=LOGPROB_TOL)
+
+
 def test_shared_prefill_matches_prefilling_every_copy(model, batch):
     ids, mask, pix = batch
     shared_cache, shared_logits = sampling.prefill_groups(

@@ -82,3 +82,15 @@ def completions(rows: int, length: int = 5, seed: int = 1) -> tuple[jnp.ndarray,
     lengths = rng.integers(1, length + 1, rows)
     mask = (np.arange(length)[None] < lengths[:, None]).astype(np.int32)
     return jnp.asarray(tokens), jnp.asarray(mask)
+
+
+def as_rows(prompts: Prompts, length: int, seed: int = 2) -> Prompts:
+    """The same prompts with one image per row in ``length``-patch slots (noise in the padding, which must not
+    matter): the native-resolution layout."""
+    pixels = np.asarray(prompts.pixel_values)
+    slots = np.random.default_rng(seed).normal(size=(len(prompts.grids), length, pixels.shape[-1])).astype(np.float32)
+    start = 0
+    for row, (t, h, w) in enumerate(prompts.grids):
+        slots[row, : t * h * w] = pixels[start : start + t * h * w]
+        start += t * h * w
+    return Prompts(prompts.tokens, prompts.mask, jnp.asarray(slots), (), jnp.asarray(prompts.grids, jnp.int32))
