@@ -25,16 +25,18 @@ def get_config(stage: str = "sft"):
                           fullatt_block_indexes=(1,))
 
     c.data.data_dir = f"{DEMO_ROOT}/data"
-    c.data.records_dir = f"{DEMO_ROOT}/data/geo_cor_records/demo_400_0_train/1.1.0"
+    c.data.records_dir = f"{DEMO_ROOT}/data/geo_cor_records/demo_sizes_400_0_train/1.1.0"
     c.data.tokenizer_dir = f"{DEMO_ROOT}/data/demo_tokenizer"
     c.data.global_batch_size = 16 if stage == "sft" else 8
-    c.data.buckets = ((112, 112),)  # 8x8 patches -> 16 image tokens
-    c.data.max_prompt_len = 64
+    # Photos at native resolution (launch/demo.py: 112x112, 84x168, 168x84 -> 16 or 18 image tokens), capped at
+    # 32 tokens; slot sizes fitted to the data: the two the photos need, and one for anything up to the cap.
+    c.data.processor.max_pixels = 112 * 112 * 2
+    c.data.num_shapes = 3
     c.data.max_target_len = 64
     c.data.worker_count = 0
     c.data.instruction = "Where was this photo taken? Answer with Country, State, City and Coordinates."
 
-    c.eval.records_dir = f"{DEMO_ROOT}/data/geo_cor_records/demo_64_1_test/1.1.0"
+    c.eval.records_dir = f"{DEMO_ROOT}/data/geo_cor_records/demo_sizes_64_1_test/1.1.0"
     c.eval.batch_size = 16
     c.eval.num_examples = 64
     c.eval.every_steps = 0  # 0: only at the end

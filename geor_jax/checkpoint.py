@@ -83,15 +83,44 @@ class Checkpointer:
         self._manager.close()
 
 
-def export_hf(graphdef, params, directory: str, dtype=None) -> None:
+def export_hf(graphdef, params, directory: str, dtype=None, *, tokenizer=None, patch_config=None) -> None:
     """Write trained params as a HF checkpoint directory that transformers loads.
 
     ``graphdef``/``params``: the model structure and ``TrainState.params``
     (``train_state.create_train_state`` split them). ``dtype`` casts on
     write (e.g. bfloat16 for release); default keeps the params' dtype.
+    With ``tokenizer`` (a ``geor_jax.data.tokenizer.Tokenizer``) and
+    ``patch_config`` the directory also carries the processor the model was
+    trained with (``export_processor``).
     """
     from flax import nnx
 
     from geor_jax.models import qwen2_5_vl as qvl
 
     qvl.save_hf_checkpoint(nnx.merge(graphdef, params), directory, dtype=dtype)
+    if tokenizer is not None:
+        export_processor(directory, tokenizer, patch_config)
+
+
+def export_processor(directory: str, tokenizer, patch_config) -> None:
+    """Write what serving needs besides weights: the tokenizer with its chat template, the image processor
+    settings the model was trained with (``preprocessor_config.json``) and ``generation_config.json``
+    (eos = ``<|im_end|>``, ``<|endoftext|>``), so transformers' processor and ``generate`` see what training did.
+
+    ``patch_config``: a ``geor_jax.data.patches.PatchConfig`` (None: Qwen2.5-VL's defaults). Process 0 writes.
+    """
+    import json
+    import os
+
+    import transformers
+
+    from geor_jax.data import patches
+
+    if jax.process_index() != 0:
+        return
+    tokenizer.hf.save_pretrained(directory)
+    with open(os.path.join(directory, patches.PREPROCESSOR_FILE), "w") as f:
+        json.dump(patches.preprocessor_dict(patch_config or patches.PatchConfig()), f, indent=2)
+    ids = tokenizer.special_ids
+    transformers.GenerationConfig(bos_token_id=ids.endoftext, eos_token_id=list(ids.eos),
+                                  pad_token_id=ids.pad).save_pretrained(directory)

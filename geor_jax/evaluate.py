@@ -86,7 +86,7 @@ def generate_answers(model, tokenizer, batches, max_new_tokens: int, *, mesh=Non
         a = batch.arrays
         rollout = sampling.sample_groups(
             model, a["prompt_tokens"], a["prompt_mask"], jax.random.key(0), config, group_size=1,
-            pixel_values=a["pixel_values"], image_grid_thw=(batch.grid_thw,) * a["prompt_tokens"].shape[0], mesh=mesh,
+            pixel_values=a["pixel_values"], image_grid_thw=batch.image_grid_thw(), mesh=mesh,
         )
         keep = sharding.to_host(a["example_mask"]) == 1
         texts += [text for text, k in zip(sampling.decode_completions(tokenizer, rollout), keep) if k]

@@ -11,8 +11,13 @@ validates shapes without building anything.
   mesh           data / fsdp / tensor sizes (-1: all remaining devices)
   model          init_from (HF checkpoint dir, "" = random from the dims),
                  dtype / param_dtype, remat, scan_layers, text and vision dims
-  data           records, tokenizer, batch (prompts per step for GRPO),
-                 buckets, prompt/target lengths, instruction ("" = default)
+  data           records, tokenizer (the checkpoint dir: its chat template
+                 and preprocessor_config.json), batch (prompts per step for
+                 GRPO), image sizing (resize "native": as the processor does,
+                 at most num_shapes batch shapes; "bucket": resized to
+                 buckets), processor overrides (max_pixels, min_pixels: 0 =
+                 the checkpoint's; any other PatchConfig field may be added),
+                 prompt (bucket) / target lengths, instruction ("" = default)
   eval           held-out records, batch, examples, cadence, answer length
   optimizer      AdamW + warmup + cosine, clipping
   sft            micro-batches, LM head chunk (target positions; 0 = none)
@@ -24,9 +29,12 @@ validates shapes without building anything.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import ml_collections
+
+from geor_jax.data import patches
 
 # Qwen2.5-VL-7B-Instruct's dimensions (the 3B differs in the text tower).
 QWEN2_5_VL_7B_TEXT = dict(hidden_size=3584, intermediate_size=18944, num_layers=28, num_heads=28, num_kv_heads=4,
@@ -61,6 +69,11 @@ def base_config(stage: str = "sft") -> ml_collections.ConfigDict:
     c.data.tokenizer_dir = ""
     c.data.split = "train"
     c.data.global_batch_size = 64 if stage == "sft" else 16
+    c.data.resize = "native"
+    c.data.processor = ml_collections.ConfigDict(dict(min_pixels=0, max_pixels=0))
+    c.data.num_shapes = 8
+    c.data.sort_window = 8
+    c.data.shape_sample = 1024
     c.data.buckets = ((448, 448),)
     c.data.max_prompt_len = 384
     c.data.max_target_len = 64
@@ -152,8 +165,9 @@ def check(config: ml_collections.ConfigDict, num_devices: int) -> dict[str, int]
 
     Checks the model dims (through the model config's own validation), that
     the mesh uses exactly ``num_devices``, that batches split over data x
-    fsdp (and into micro-batches), that buckets are whole merged patches and
-    that the LM head chunk is a size (>= 0).
+    fsdp (and into micro-batches), the image sizing mode and processor
+    overrides, that buckets are whole merged patches and that the LM head
+    chunk is a size (>= 0).
     """
     from geor_jax.models import qwen2_5_vl as qvl
 
@@ -179,8 +193,16 @@ def check(config: ml_collections.ConfigDict, num_devices: int) -> dict[str, int]
     micro = stage_config.num_micro_batches
     if rows % micro:
         raise ValueError(f"data.global_batch_size {rows} does not split into {micro} micro-batches")
+    data = config.data
+    if data.resize not in ("native", "bucket"):
+        raise ValueError(f"data.resize={data.resize!r}: choose 'native' or 'bucket'")
+    fields = {f.name for f in dataclasses.fields(patches.PatchConfig)}
+    if set(data.processor) - fields:
+        raise ValueError(f"data.processor {sorted(set(data.processor) - fields)}: not processor settings {sorted(fields)}")
+    if data.resize == "native" and min(data.num_shapes, data.sort_window, data.shape_sample) < 1:
+        raise ValueError("data.num_shapes, data.sort_window and data.shape_sample must be >= 1")
     factor = 14 * 2  # patch x merge
-    for bucket in config.data.buckets:
+    for bucket in data.buckets if data.resize == "bucket" else ():
         if any(side % factor for side in bucket):
             raise ValueError(f"data.buckets {tuple(bucket)}: sides must be multiples of {factor}")
     if stage_config.logits_chunk_size < 0:

@@ -22,7 +22,7 @@ from flax import nnx
 
 from geor_jax import (checkpoint, evaluate, grpo, logprobs, regions, rewards, run_config, sampling, sft, sharding,
                       train_state)
-from geor_jax.data import pipeline, prompts
+from geor_jax.data import patches, pipeline, prompts
 from geor_jax.data import tokenizer as tokenizer_lib
 from geor_jax.models import qwen2_5_vl as qvl
 
@@ -74,14 +74,26 @@ def build_model(config, tokenizer: tokenizer_lib.Tokenizer, mesh) -> qvl.Qwen2VL
     return sharding.create_sharded_model(lambda: qvl.Qwen2VL(cfg, rngs=nnx.Rngs(config.seed), **kw), mesh)
 
 
-def pipeline_config(config, records_dir: str, split: str, batch_size: int, train: bool) -> pipeline.PipelineConfig:
-    """Pipeline settings for training (shuffled, endless) or evaluation (ordered, one pass, padded)."""
+def patch_config(config) -> patches.PatchConfig:
+    """The image processor settings: ``data.tokenizer_dir``'s preprocessor_config.json (the checkpoint's),
+    overridden by ``data.processor``'s non-zero fields (e.g. ``max_pixels``)."""
+    overrides = {key: tuple(value) if isinstance(value, (list, tuple)) else value
+                 for key, value in config.data.processor.items() if value}
+    return patches.load_patch_config(config.data.tokenizer_dir, **overrides)
+
+
+def pipeline_config(config, records_dir: str, split: str, batch_size: int, train: bool,
+                    num_records: int | None = None) -> pipeline.PipelineConfig:
+    """Pipeline settings for training (shuffled, endless) or evaluation (ordered, one pass over
+    ``num_records`` records or all, padded)."""
     data = config.data
     return pipeline.PipelineConfig(
         records_dir=records_dir, tokenizer_dir=data.tokenizer_dir, split=split, global_batch_size=batch_size,
-        buckets=tuple(tuple(b) for b in data.buckets), max_prompt_len=data.max_prompt_len,
-        max_target_len=data.max_target_len, seed=data.seed, shuffle=train, num_epochs=None if train else 1,
-        drop_remainder=train, worker_count=data.worker_count if train else 0,
+        resize=data.resize, num_shapes=data.num_shapes, sort_window=data.sort_window,
+        shape_sample=data.shape_sample, buckets=tuple(tuple(b) for b in data.buckets),
+        max_prompt_len=data.max_prompt_len, max_target_len=data.max_target_len, seed=data.seed, shuffle=train,
+        num_epochs=None if train else 1, drop_remainder=train, num_records=num_records,
+        worker_count=data.worker_count if train else 0, patch=patch_config(config),
         prompt=prompts.PromptConfig(instruction=data.instruction) if data.instruction else prompts.PromptConfig(),
     )
 
@@ -95,10 +107,11 @@ def reward_config(config) -> rewards.RewardConfig:
 
 
 def batch_prompts(batch: pipeline.Batch) -> logprobs.Prompts:
-    """The prompts of a pipeline batch (one image each, all of the batch's grid)."""
+    """The prompts of a pipeline batch: one image each, with per-row grids (native) or the bucket's grid."""
     a = batch.arrays
-    return logprobs.Prompts(a["prompt_tokens"], a["prompt_mask"], a["pixel_values"],
-                            (batch.grid_thw,) * a["prompt_tokens"].shape[0])
+    if batch.grid_thw is None:
+        return logprobs.Prompts(a["prompt_tokens"], a["prompt_mask"], a["pixel_values"], (), a["image_grid_thw"])
+    return logprobs.Prompts(a["prompt_tokens"], a["prompt_mask"], a["pixel_values"], batch.image_grid_thw())
 
 
 # --- Logging ----------------------------------------------------------------------------------------
@@ -208,9 +221,9 @@ def run(config, workdir: str) -> dict[str, float]:
     with jax.set_mesh(r.mesh):
         eval_metrics = loop(r)
     r.checkpointer.close()
-    if config.train.export_hf:
-        checkpoint.export_hf(r.graphdef, r.state.params, os.path.join(workdir, "hf"))
-        r.tokenizer.hf.save_pretrained(os.path.join(workdir, "hf"))  # a self-contained checkpoint
+    if config.train.export_hf:  # a self-contained checkpoint: weights, tokenizer, processor, generation config
+        checkpoint.export_hf(r.graphdef, r.state.params, os.path.join(workdir, "hf"), tokenizer=r.tokenizer,
+                             patch_config=patch_config(config))
     r.logger.close()
     return eval_metrics
 
@@ -289,7 +302,8 @@ def _grpo_loop(r: Run) -> dict[str, float]:
         prompts_ = batch_prompts(batch)
         rollout = sampling.sample_groups(
             r.model(), prompts_.tokens, prompts_.mask, jax.random.fold_in(base_key, step), sampling_config,
-            group_size=g.group_size, pixel_values=prompts_.pixel_values, image_grid_thw=prompts_.grids, mesh=r.mesh,
+            group_size=g.group_size, pixel_values=prompts_.pixel_values, image_grid_thw=prompts_.image_grid_thw,
+            mesh=r.mesh,
         )
         texts = sampling.decode_completions(r.tokenizer, rollout)
         true_lat = np.repeat(sharding.to_host(batch.arrays["lat"]), g.group_size)
@@ -329,7 +343,8 @@ def evaluate_policy(config, model: qvl.Qwen2VL, tokenizer: tokenizer_lib.Tokeniz
     and the records' ids (None on multi-host runs).
     """
     e = config.eval
-    data = pipeline_config(config, records_dir or e.records_dir, split or e.split, e.batch_size, train=False)
+    data = pipeline_config(config, records_dir or e.records_dir, split or e.split, e.batch_size, train=False,
+                           num_records=e.num_examples or None)
     with jax.set_mesh(mesh):
         answers = evaluate.generate_answers(model, tokenizer, pipeline.make_iterator(data, mesh), e.max_new_tokens,
                                             mesh=mesh, max_examples=e.num_examples)

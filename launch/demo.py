@@ -33,7 +33,9 @@ _ROOT = flags.DEFINE_string("root", demo_config.DEMO_ROOT, "Working directory of
 _SFT_STEPS = flags.DEFINE_integer("sft_steps", None, "Override the SFT steps of configs/demo.py.")
 _GRPO_STEPS = flags.DEFINE_integer("grpo_steps", None, "Override the GRPO steps of configs/demo.py.")
 _TRAIN_IMAGES, _TEST_IMAGES = 400, 64
-IMAGE_SIDE = 112
+# (height, width) of the demo photos, one drawn per photo: square, 2:1 landscape, 1:2 portrait. Each keeps its
+# shape (native resolution: 64, 72 and 72 patches), so the runs compile two batch shapes.
+IMAGE_SIZES = ((112, 112), (84, 168), (168, 84))
 
 
 def stage_config(stage: str, root: str, steps: int | None):
@@ -41,9 +43,9 @@ def stage_config(stage: str, root: str, steps: int | None):
     config = demo_config.get_config(stage)
     data_dir = os.path.join(root, "data")
     config.data.data_dir = data_dir
-    config.data.records_dir = os.path.join(data_dir, f"geo_cor_records/demo_{_TRAIN_IMAGES}_0_train/1.1.0")
+    config.data.records_dir = os.path.join(data_dir, f"geo_cor_records/{_records_name('train')}/1.1.0")
     config.data.tokenizer_dir = os.path.join(data_dir, "demo_tokenizer")
-    config.eval.records_dir = os.path.join(data_dir, f"geo_cor_records/demo_{_TEST_IMAGES}_1_test/1.1.0")
+    config.eval.records_dir = os.path.join(data_dir, f"geo_cor_records/{_records_name('test')}/1.1.0")
     if steps is not None:
         config.train.num_steps = steps
     if stage == "grpo":
@@ -51,14 +53,20 @@ def stage_config(stage: str, root: str, steps: int | None):
     return config
 
 
+def _records_name(split: str) -> str:
+    count, seed = (_TRAIN_IMAGES, 0) if split == "train" else (_TEST_IMAGES, 1)
+    return f"demo_sizes_{count}_{seed}_{split}"
+
+
 def build_data(data_dir: str) -> None:
-    """Demo records (train and held-out test) and the demo tokenizer, unless already built."""
+    """Demo records (train and held-out test) and the demo tokenizer (with its chat template), unless built."""
     tokenizer_dir = os.path.join(data_dir, "demo_tokenizer")
-    if not os.path.isfile(os.path.join(tokenizer_dir, "tokenizer.json")):
+    if (not os.path.isfile(os.path.join(tokenizer_dir, "tokenizer.json"))
+            or not tokenizer_lib.load_tokenizer(tokenizer_dir).hf.chat_template):  # built before chat templates
         tokenizer_lib.build_demo_tokenizer(tokenizer_dir, vocab_size=2048)
     for split, count, seed in (("train", _TRAIN_IMAGES, 0), ("test", _TEST_IMAGES, 1)):
-        demo_world.build_demo_records(data_dir, os.path.join(data_dir, f"demo_world_{split}"), num_images=count,
-                                      seed=seed, height=IMAGE_SIDE, width=IMAGE_SIDE, split=split)
+        demo_world.build_demo_records(data_dir, os.path.join(data_dir, f"demo_world_sizes_{split}"), num_images=count,
+                                      seed=seed, split=split, sizes=IMAGE_SIZES, config_name=_records_name(split))
 
 
 def evaluate_checkpoint(config, hf_dir: str, mesh, samples: int = 4):
@@ -67,7 +75,8 @@ def evaluate_checkpoint(config, hf_dir: str, mesh, samples: int = 4):
     model, tokenizer = train_loop.load_policy(config, hf_dir, mesh)
     metrics, per_example, _ = train_loop.evaluate_policy(config, model, tokenizer, mesh)
     e = config.eval
-    data = train_loop.pipeline_config(config, e.records_dir, e.split, e.batch_size, train=False)
+    data = train_loop.pipeline_config(config, e.records_dir, e.split, e.batch_size, train=False,
+                                      num_records=e.num_examples)
     with jax.set_mesh(mesh):
         sampled = sampled_rewards(model, tokenizer, pipeline.make_iterator(data, mesh), config, mesh, samples)
     return (metrics, per_example), float(np.mean(sampled))
@@ -83,7 +92,7 @@ def sampled_rewards(model, tokenizer, batches, config, mesh, samples: int) -> np
         a = batch.arrays
         rollout = sampling.sample_groups(
             model, a["prompt_tokens"], a["prompt_mask"], jax.random.key(index), sampling_config, group_size=samples,
-            pixel_values=a["pixel_values"], image_grid_thw=(batch.grid_thw,) * a["prompt_tokens"].shape[0], mesh=mesh)
+            pixel_values=a["pixel_values"], image_grid_thw=batch.image_grid_thw(), mesh=mesh)
         keep = np.repeat(np.asarray(a["example_mask"]) == 1, samples)
         scored = rewards.score_completions(sampling.decode_completions(tokenizer, rollout),
                                            np.repeat(np.asarray(a["lat"]), samples),

@@ -59,6 +59,14 @@ def test_check_names_the_problem():
         run_config.check(config, 1)
     with pytest.raises(ValueError, match="stage"):
         run_config.base_config("rlhf")
+    config = load("demo.py", "sft")
+    config.data.resize = "crop"
+    with pytest.raises(ValueError, match="data.resize='crop'"):
+        run_config.check(config, 1)
+    config = load("demo.py", "sft")
+    config.data.processor.max_pixel = 5
+    with pytest.raises(ValueError, match=r"data.processor \['max_pixel'\]: not processor settings"):
+        run_config.check(config, 1)
     config = load("demo.py", "grpo")
     config.grpo.logits_chunk_size = -1
     with pytest.raises(ValueError, match="grpo.logits_chunk_size -1: must be >= 0"):
@@ -84,11 +92,12 @@ def test_demo_steps_lower_on_abstract_shapes(stage):
 
     graphdef = nnx.split(nnx.eval_shape(lambda: qvl.Qwen2VL(model_config, rngs=nnx.Rngs(0))), nnx.Param)[0]
     state = jax.eval_shape(lambda: make_state()[1])
-    B, P, T = config.data.global_batch_size, config.data.max_prompt_len, config.data.max_target_len
-    grid = (1, config.data.buckets[0][0] // 14, config.data.buckets[0][1] // 14)
+    # One image per row: the demo's 84x168 photos fill 72-patch slots, their prompts ~64 tokens.
+    B, P, T = config.data.global_batch_size, 64, config.data.max_target_len
     s = jax.ShapeDtypeStruct
+    assert config.data.resize == "native"
     prompts = logprobs.Prompts(s((B, P), jnp.int32), s((B, P), jnp.int32),
-                               s((B * grid[1] * grid[2], model_config.vision.patch_dim), jnp.float32), (grid,) * B)
+                               s((B, 72, model_config.vision.patch_dim), jnp.float32), (), s((B, 3), jnp.int32))
     if stage == "sft":
         lowered = sft.make_sft_step(graphdef, optimizer).lower(state, prompts, s((B, T), jnp.int32),
                                                                 s((B, T), jnp.int32))

@@ -62,7 +62,8 @@ def test_train_resume_grpo_and_evaluate(data, tmp_path):
     assert [row["step"] for row in logs if row["split"] == "train"] == [1, 2, 3]
     assert {"loss", "grad_norm", "tokens_per_s"} <= set(logs[-2]) and logs[-1]["split"] == "eval"
     assert list((sft_dir / "tensorboard").glob("events.out.tfevents.*"))
-    for name in ("config.json", "tokenizer.json"):
+    for name in ("config.json", "tokenizer.json", "chat_template.jinja", "preprocessor_config.json",
+                 "generation_config.json"):
         assert (sft_dir / "hf" / name).is_file(), name
     assert list((sft_dir / "hf").glob("*.safetensors"))
     assert json.loads((sft_dir / "config.json").read_text())["stage"] == "sft"

@@ -52,6 +52,9 @@ def parse_args(argv=None):
     parser.add_argument("--no_scan_layers", dest="scan_layers", action="store_false")
     parser.add_argument("--micro_batches", type=int, default=1, help="gradient accumulation steps (SFT and GRPO)")
     parser.add_argument("--image_side", type=int, default=448, help="square image side in pixels (multiple of 28)")
+    parser.add_argument("--max_pixels", type=int, default=None,
+                        help="native sizing (data.resize='native') with this processor max_pixels: every image in a "
+                             "full patch slot, the largest any image gets (replaces --image_side)")
     parser.add_argument("--logits_chunk_size", type=int, default=128,
                         help="target / completion positions per LM head chunk (SFT and GRPO; the configs' default); "
                              "0: all positions' logits at once")
@@ -95,6 +98,7 @@ from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
 from geor_jax import grpo, logprobs, sampling, sft, train_state  # noqa: E402
 from geor_jax import sharding as sharding_lib  # noqa: E402
+from geor_jax.data import patches  # noqa: E402
 from geor_jax.logprobs import Prompts  # noqa: E402
 from geor_jax.models import qwen2_5_vl as qvl  # noqa: E402
 
@@ -221,24 +225,46 @@ def compile_phase(name: str, fn, *args, resident_arguments: int = 0, **kwargs) -
     return phase, compiled
 
 
-def image_grid(side: int, config: qvl.Qwen2VLConfig) -> tuple[int, int, int]:
-    unit = config.vision.patch_size * config.vision.spatial_merge_size
+@dataclasses.dataclass(frozen=True)
+class Images:
+    """One image per prompt: a square bucket's static ``grid``, or (native sizing) a ``slot`` of patches."""
+
+    grid: tuple[int, int, int] | None = None
+    slot: int = 0
+
+    @property
+    def patches(self) -> int:
+        return self.slot or math.prod(self.grid)
+
+    def describe(self, merge_unit: int) -> str:
+        kind = f"native, slot of {self.slot} patches" if self.slot else f"grid {self.grid}"
+        return f"{kind} = {self.patches // merge_unit} image tokens"
+
+
+def image_inputs(args, config: qvl.Qwen2VLConfig) -> Images:
+    """--image_side's square bucket, or --max_pixels' largest native image (a full slot)."""
+    if args.max_pixels:
+        vision = config.vision
+        return Images(slot=patches.PatchConfig(patch_size=vision.patch_size, merge_size=vision.spatial_merge_size,
+                                               max_pixels=args.max_pixels).max_patches)
+    side, unit = args.image_side, config.vision.patch_size * config.vision.spatial_merge_size
     if side % unit:
         raise ValueError(f"--image_side {side} must be a multiple of {unit}")
-    return (1, side // config.vision.patch_size, side // config.vision.patch_size)
+    return Images(grid=(1, side // config.vision.patch_size, side // config.vision.patch_size))
 
 
-def abstract_prompts(config, mesh, batch: int, prompt_len: int, grid) -> Prompts:
-    image_tokens = grid[0] * grid[1] * grid[2] // config.vision.merge_unit
+def abstract_prompts(config, mesh, batch: int, prompt_len: int, images: Images) -> Prompts:
+    image_tokens = images.patches // config.vision.merge_unit
     if prompt_len < image_tokens + 3:
         raise ValueError(f"prompt length {prompt_len} cannot hold the image's {image_tokens} tokens + 3")
-    patches = batch * grid[0] * grid[1] * grid[2]
-    return Prompts(
-        tokens=abstract((batch, prompt_len), jnp.int32, mesh),
-        mask=abstract((batch, prompt_len), jnp.int32, mesh),
-        pixel_values=abstract((patches, config.vision.patch_dim), jnp.float32, mesh),
-        grids=(grid,) * batch,
-    )
+    tokens = abstract((batch, prompt_len), jnp.int32, mesh)
+    if images.slot:  # one image per row: (B, slot, patch_dim) and per-row grids as data
+        return Prompts(tokens=tokens, mask=tokens,
+                       pixel_values=abstract((batch, images.slot, config.vision.patch_dim), jnp.float32, mesh),
+                       grids=(), row_grids=abstract((batch, 3), jnp.int32, mesh))
+    return Prompts(tokens=tokens, mask=tokens,
+                   pixel_values=abstract((batch * images.patches, config.vision.patch_dim), jnp.float32, mesh),
+                   grids=(images.grid,) * batch)
 
 
 class Plan:
@@ -269,30 +295,30 @@ class Plan:
         self.ref_bytes = per_device_bytes(self.ref_params)
 
 
-def plan_sft(plan: Plan, *, batch: int, seq: int, target_len: int, grid, micro_batches: int,
+def plan_sft(plan: Plan, *, batch: int, seq: int, target_len: int, images: Images, micro_batches: int,
              logits_chunk_size: int = logprobs.DEFAULT_LOGITS_CHUNK_SIZE) -> list[Phase]:
     mesh, config = plan.mesh, plan.config
     step = sft.make_sft_step(plan.graphdef, plan.optimizer, micro_batches, logits_chunk_size)
-    prompts = abstract_prompts(config, mesh, batch, seq - target_len, grid)
+    prompts = abstract_prompts(config, mesh, batch, seq - target_len, images)
     targets = abstract((batch, target_len), jnp.int32, mesh)
     phase, _ = compile_phase("sft step", step, plan.state, prompts, targets, targets, resident_arguments=plan.state_bytes)
     return [phase]
 
 
-def plan_grpo(plan: Plan, *, prompts: int, group_size: int, prompt_len: int, completion_len: int, grid,
+def plan_grpo(plan: Plan, *, prompts: int, group_size: int, prompt_len: int, completion_len: int, images: Images,
               micro_batches: int, shared_prompt: bool, sampler: bool = True, update: bool = True,
               logits_chunk_size: int = logprobs.DEFAULT_LOGITS_CHUNK_SIZE) -> list[Phase]:
     mesh, config = plan.mesh, plan.config
     rows = prompts * group_size
     grpo_config = grpo.GRPOConfig(group_size=group_size, beta=0.04, shared_prompt=shared_prompt,
                                   num_micro_batches=micro_batches, logits_chunk_size=logits_chunk_size)
-    batch_prompts = abstract_prompts(config, mesh, prompts, prompt_len, grid)
+    batch_prompts = abstract_prompts(config, mesh, prompts, prompt_len, images)
     phases = []
     if sampler:
         # The sampler reads the policy's params (part of the resident train state).
         prefill, compiled = compile_phase(
             "rollout prefill", sampling._prefill, plan.graphdef, plan.params, batch_prompts.tokens, batch_prompts.mask,
-            batch_prompts.pixel_values, grids=batch_prompts.grids, group_size=group_size,
+            batch_prompts.pixel_values, batch_prompts.row_grids, grids=batch_prompts.grids, group_size=group_size,
             max_len=prompt_len + completion_len, mesh=mesh, resident_arguments=plan.param_bytes)
         cache, logits = with_out_shardings(compiled, mesh)
         key = jax.eval_shape(lambda: jax.random.key(0))
@@ -335,24 +361,24 @@ def report(title: str, plan: Plan, phases: list[Phase], resident: int, hbm_gb: f
     return {"resident": resident, "peak": peak, "phases": {p.name: dataclasses.asdict(p) | {"peak": p.peak} for p in phases}}
 
 
-def run_phases(args, config, mesh, grid) -> tuple[Plan, dict[str, list[Phase]]]:
+def run_phases(args, config, mesh, images: Images) -> tuple[Plan, dict[str, list[Phase]]]:
     """Build the plan and compile the requested tasks' phases for one model config."""
     plan = Plan(config, mesh, dtype=jnp.dtype(args.dtype), param_dtype=jnp.dtype(args.param_dtype), remat=args.remat,
                 scan_layers=args.scan_layers, ref_dtype=args.ref_dtype and jnp.dtype(args.ref_dtype))
     tasks = {}
     with jax.set_mesh(mesh):  # as train_loop runs them: the model's activation constraints read this mesh
         if args.task in ("sft", "all"):
-            tasks["sft"] = plan_sft(plan, batch=args.batch, seq=args.seq, target_len=args.target_len, grid=grid,
+            tasks["sft"] = plan_sft(plan, batch=args.batch, seq=args.seq, target_len=args.target_len, images=images,
                                     micro_batches=args.micro_batches, logits_chunk_size=args.logits_chunk_size)
         if args.task in ("grpo", "all"):
             tasks["grpo"] = plan_grpo(plan, prompts=args.prompts, group_size=args.group_size,
-                                      prompt_len=args.prompt_len, completion_len=args.completion_len, grid=grid,
+                                      prompt_len=args.prompt_len, completion_len=args.completion_len, images=images,
                                       micro_batches=args.micro_batches, shared_prompt=args.shared_prompt,
                                       logits_chunk_size=args.logits_chunk_size, sampler=args.sampler)
     return plan, tasks
 
 
-def extrapolate_phases(args, config, mesh, grid, depths: tuple[int, int]) -> dict[str, list[Phase]]:
+def extrapolate_phases(args, config, mesh, images: Images, depths: tuple[int, int]) -> dict[str, list[Phase]]:
     """Per-device bytes of the full-depth model from three reduced-depth compiles.
 
     Every byte count is affine in the number of text layers L and vision blocks D (parameters, their
@@ -363,7 +389,7 @@ def extrapolate_phases(args, config, mesh, grid, depths: tuple[int, int]) -> dic
     runs = {}
     for key, (layers, vision) in {"00": (a, a), "10": (b, a), "01": (a, b)}.items():
         reduced = model_config(args.model, layers, vision)
-        runs[key] = run_phases(args, reduced, mesh, grid)[1]
+        runs[key] = run_phases(args, reduced, mesh, images)[1]
         print(f"  compiled text layers {layers}, vision depth {vision}", flush=True)
     extra_text, extra_vision = config.text.num_layers - a, config.vision.depth - a
     out = {}
@@ -392,23 +418,23 @@ def main(argv=None) -> dict:
     data, fsdp, tensor = mesh_shape(args.mesh)
     devices = jax.devices()[: data * fsdp * tensor]
     mesh = sharding_lib.make_mesh(data, fsdp, tensor, devices=devices)
-    grid = image_grid(args.image_side, config)
+    images = image_inputs(args, config)
     if args.extrapolate:
         depths = tuple(int(x) for x in args.extrapolate.split(","))
         plan = Plan(config, mesh, dtype=jnp.dtype(args.dtype), param_dtype=jnp.dtype(args.param_dtype),
                     remat=args.remat, scan_layers=args.scan_layers, ref_dtype=args.ref_dtype and jnp.dtype(args.ref_dtype))
     else:
-        plan, tasks = run_phases(args, config, mesh, grid)
-    image_tokens = math.prod(grid) // config.vision.merge_unit
+        plan, tasks = run_phases(args, config, mesh, images)
     print(f"model {args.model} (text layers {config.text.num_layers}, vision depth {config.vision.depth}): "
           f"{plan.n_params / 1e9:.3f} B params; mesh data={data} fsdp={fsdp} tensor={tensor} ({len(devices)} devices); "
           f"compute {args.dtype}, params {args.param_dtype}, remat {args.remat}, scan_layers {args.scan_layers}, "
           f"micro-batches {args.micro_batches}, logits chunk {args.logits_chunk_size or 'off'}; "
-          f"image {args.image_side}px = grid {grid} = {image_tokens} tokens")
+          f"image {f'max_pixels {args.max_pixels}' if args.max_pixels else f'{args.image_side}px'}: "
+          f"{images.describe(config.vision.merge_unit)}")
     print(f"per device: params {plan.param_bytes / 1e6:.1f} MB, train state (params + AdamW moments) "
           f"{plan.state_bytes / 1e6:.1f} MB, reference params {plan.ref_bytes / 1e6:.1f} MB", flush=True)
     if args.extrapolate:
-        tasks = extrapolate_phases(args, config, mesh, grid, depths)
+        tasks = extrapolate_phases(args, config, mesh, images, depths)
     resident_of = {"sft": plan.state_bytes, "grpo": plan.state_bytes + plan.ref_bytes}
     for phases in tasks.values():  # what each phase keeps resident, from the full-size plan (exact)
         for p in phases:

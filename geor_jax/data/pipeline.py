@@ -315,6 +315,8 @@ def check_config(config: PipelineConfig, tokenizer: tokenizer_lib.Tokenizer | No
     """
     if config.resize not in RESIZE_MODES:
         raise ValueError(f"resize={config.resize!r}: choose one of {RESIZE_MODES}")
+    if config.num_records is not None and config.num_records < 1:
+        raise ValueError(f"num_records must be >= 1 (or None: all), got {config.num_records}")
     patch = patch_config(config)
     collate = Collate(config, 1, _Shapes(patch, tuple(slots)))
     if tokenizer is not None:

@@ -1,0 +1,310 @@
+"""Native-resolution batches vs today's single bucket: padding, SFT and rollout tokens/s, compile count.
+
+Three ways to give the DESIGN.md bench model (36M Qwen2.5-VL, 2 CPU threads)
+a realistic mix of photo sizes, at equal max pixels:
+
+- ``bucket``: today's path, every image resized to one square bucket of
+  ``--max_pixels`` (the pipeline with ``resize="bucket"``);
+- ``grid classes`` (candidate 1): images at native size (the processor's
+  ``smart_resize`` under ``--max_pixels``), batches grouped by exact grid,
+  static grids: one compile per distinct grid in the data;
+- ``slots`` (candidate 2, the pipeline's ``resize="native"``): native size,
+  one image per row in a patch slot of one of ``--num_shapes`` fitted sizes,
+  size-sorted windows, prompts padded to the slot's length: one compile per
+  slot size.
+
+The mix is MP16-like: 640x480, 480x640, 500x375, 1024x768 photos, scaled by
+``--scale`` per side with ``--max_pixels`` (so the bench model runs on a
+CPU; scale 1/2 with max_pixels 504*504 is the usual 1280-token cap at 1/4 of
+the area). Records are built from random smooth JPEGs with the real builder
+and read by the real pipeline (demo tokenizer, chat template).
+
+Measured per layout over one epoch: padded share of patches and of prompt
+tokens, SFT step (fwd+bwd+AdamW) tokens/s and images/s, rollout (prefill +
+64-token decode, B=2 prompts x G=8) generated tokens/s, and compiles of the
+SFT step. Shapes are timed once each (median of ``--repeats`` after a
+warm-up) and an epoch's time is the sum over its batches. A host-only study
+then counts the compiled shapes each candidate needs on a continuous mix
+(random Flickr-like sizes).
+
+    python tools/bench/native_resolution.py [--images=256 --batch=16 --threads=2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import sys
+import time
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--images", type=int, default=256, help="records in the epoch")
+    parser.add_argument("--batch", type=int, default=16, help="SFT batch (sequences)")
+    parser.add_argument("--scale", type=float, default=0.5, help="side scale of the MP16-like photo sizes")
+    parser.add_argument("--max_pixels", type=int, default=504 * 504, help="processor max_pixels = bucket area")
+    parser.add_argument("--num_shapes", type=int, default=4)
+    parser.add_argument("--sort_window", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--rollout_prompts", type=int, default=2)
+    parser.add_argument("--group_size", type=int, default=8)
+    parser.add_argument("--new_tokens", type=int, default=64)
+    parser.add_argument("--workdir", default="/tmp/geor_bench_native")
+    parser.add_argument("--results", default=None, help="write the figures as JSON here")
+    return parser.parse_args(argv)
+
+
+ARGS = parse_args() if __name__ == "__main__" else None
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, "..", ".."))
+import common  # noqa: E402
+
+if ARGS is not None:
+    common.thread_flags(ARGS.threads)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import PIL.Image  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from geor_jax import logprobs, sampling, sft, train_state  # noqa: E402
+from geor_jax.data import builder, patches, pipeline, prompts, shapes  # noqa: E402
+from geor_jax.data import tokenizer as tokenizer_lib  # noqa: E402
+from geor_jax.models import qwen2_5_vl as qvl  # noqa: E402
+
+# MP16-like photo sizes (width, height) and their shares.
+MIX = (((640, 480), 0.4), ((480, 640), 0.2), ((500, 375), 0.25), ((1024, 768), 0.15))
+PLACES = ((35.6895, 139.6917), (48.8566, 2.3522), (-33.8688, 151.2093), (40.7128, -74.006), (30.0444, 31.2357),
+          (-22.9068, -43.1729), (59.9139, 10.7522), (28.6139, 77.209))
+
+
+def build_data(workdir: str, images: int, scale: float) -> tuple[str, str]:
+    """(records dir, tokenizer dir): random smooth JPEGs of the mix, in the real record format (cached)."""
+    tokenizer_dir = os.path.join(workdir, "tokenizer")
+    if not os.path.isfile(os.path.join(tokenizer_dir, "tokenizer.json")):
+        tokenizer_lib.build_demo_tokenizer(tokenizer_dir, vocab_size=8192)
+    manual = os.path.join(workdir, f"photos_{images}_{scale}")
+    if not os.path.isfile(os.path.join(manual, "images.csv")):
+        rng = np.random.default_rng(0)
+        os.makedirs(manual, exist_ok=True)
+        sizes = [MIX[i][0] for i in rng.choice(len(MIX), images, p=[share for _, share in MIX])]
+        rows = []
+        for i, (w, h) in enumerate(sizes):
+            coarse = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+            size = (max(1, round(w * scale)), max(1, round(h * scale)))
+            PIL.Image.fromarray(coarse).resize(size, PIL.Image.BILINEAR).save(os.path.join(manual, f"{i:05d}.jpg"))
+            lat, lon = PLACES[i % len(PLACES)]
+            rows.append(f"{i:05d}.jpg,{lat + rng.uniform(-1, 1):.5f},{lon + rng.uniform(-1, 1):.5f}\n")
+        with open(os.path.join(manual, "images.csv"), "w") as f:
+            f.write("image_path,lat,lon\n" + "".join(rows))
+    records_dir, _ = builder.build_records("generic", manual, os.path.join(workdir, "records"),
+                                           config_name=f"mix_{images}_{str(scale).replace('.', '_')}")
+    return records_dir, tokenizer_dir
+
+
+def bench_model(tokenizer) -> qvl.Qwen2VL:
+    """The DESIGN.md bench config with the tokenizer's vocabulary and ids; random weights drawn with numpy."""
+    ids = {k: v for k, v in tokenizer.special_ids.model_config_overrides().items()
+           if k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")}
+    t, v = common.BENCH_TEXT, common.BENCH_VISION
+    config = qvl.Qwen2VLConfig(
+        text=qvl.TextConfig(vocab_size=t["vocab_size"], hidden_size=t["hidden_size"],
+                            intermediate_size=t["intermediate_size"], num_layers=t["num_hidden_layers"],
+                            num_heads=t["num_attention_heads"], num_kv_heads=t["num_key_value_heads"],
+                            rope_theta=1e6, mrope_section=(8, 12, 12)),
+        vision=qvl.VisionConfig(depth=v["depth"], hidden_size=v["hidden_size"], num_heads=v["num_heads"],
+                                intermediate_size=v["intermediate_size"], out_hidden_size=v["out_hidden_size"],
+                                window_size=v["window_size"], fullatt_block_indexes=tuple(v["fullatt_block_indexes"])),
+        **ids)
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: qvl.Qwen2VL(config, rngs=nnx.Rngs(0))))
+    rng = np.random.default_rng(0)
+
+    def draw(value):
+        fan_in = value.shape[0] if len(value.shape) >= 2 else 1
+        scale = 1 / np.sqrt(fan_in) if len(value.shape) >= 2 else 0.02
+        return value.replace(jnp.asarray(rng.normal(size=value.shape) * scale, value.dtype))
+
+    return nnx.merge(graphdef, jax.tree.map(draw, abstract, is_leaf=lambda x: isinstance(x, nnx.Variable)))
+
+
+def pipeline_batches(records_dir, tokenizer_dir, patch, batch, **overrides) -> list[pipeline.Batch]:
+    """One epoch of host batches from the real pipeline."""
+    config = pipeline.PipelineConfig(records_dir=records_dir, tokenizer_dir=tokenizer_dir, global_batch_size=batch,
+                                     patch=patch, num_epochs=1, drop_remainder=False, max_target_len=64,
+                                     **overrides)
+    return list(pipeline.make_iterator(config))
+
+
+def grid_class_batches(native: list[pipeline.Batch], batch_size: int, template, pad_id: int) -> list[pipeline.Batch]:
+    """Candidate 1: the native examples regrouped by exact grid, static grids, prompts of their exact length."""
+    groups = collections.defaultdict(list)
+    for b in native:
+        a = b.arrays
+        for row in np.flatnonzero(a["example_mask"]):
+            groups[tuple(int(x) for x in a["image_grid_thw"][row])].append((b, row))
+    out = []
+    for grid, members in groups.items():
+        n = int(np.prod(grid))
+        width = template.length(n // 4)
+        for start in range(0, len(members), batch_size):
+            chunk = members[start : start + batch_size]
+            real = len(chunk)
+            chunk = chunk + [chunk[-1]] * (batch_size - real)
+            arrays = {
+                "prompt_tokens": np.stack([b.arrays["prompt_tokens"][r, -width:] for b, r in chunk]),
+                "prompt_mask": np.stack([b.arrays["prompt_mask"][r, -width:] for b, r in chunk]),
+                "target_tokens": np.stack([b.arrays["target_tokens"][r] for b, r in chunk]),
+                "target_mask": np.stack([b.arrays["target_mask"][r] for b, r in chunk]),
+                "pixel_values": np.concatenate([b.arrays["pixel_values"][r, :n] for b, r in chunk]),
+                "image_grid_thw": np.tile(np.asarray(grid, np.int32), (batch_size, 1)),
+                "example_mask": (np.arange(batch_size) < real).astype(np.int32),
+            }
+            arrays["attention_mask"] = np.concatenate([arrays["prompt_mask"], arrays["target_mask"]], 1)
+            out.append(pipeline.Batch(arrays, grid, {}))
+    return out
+
+
+def padding(batches: list[pipeline.Batch]) -> dict[str, float]:
+    """Padded share of patch slots and of prompt token slots (padding examples count as padding)."""
+    real_patches = slot_patches = real_tokens = slot_tokens = 0
+    for b in batches:
+        a, keep = b.arrays, b.arrays["example_mask"] == 1
+        real_patches += int(np.prod(a["image_grid_thw"][keep], axis=1).sum())
+        slot_patches += a["pixel_values"].shape[0] * (a["pixel_values"].shape[1] if a["pixel_values"].ndim == 3 else 1)
+        real_tokens += int(a["prompt_mask"][keep].sum())
+        slot_tokens += a["prompt_mask"].size
+    return {"padded_patch_share": 1 - real_patches / slot_patches, "padded_prompt_token_share": 1 - real_tokens / slot_tokens,
+            "patches_per_image": real_patches / sum(int(b.arrays["example_mask"].sum()) for b in batches)}
+
+
+def shape_of(b: pipeline.Batch):
+    return (b.arrays["pixel_values"].shape, b.arrays["prompt_tokens"].shape, b.grid_thw)
+
+
+def prompts_of(b: pipeline.Batch, rows: slice = slice(None)) -> logprobs.Prompts:
+    a = b.arrays
+    tokens, mask = jnp.asarray(a["prompt_tokens"][rows]), jnp.asarray(a["prompt_mask"][rows])
+    if b.grid_thw is None:
+        return logprobs.Prompts(tokens, mask, jnp.asarray(a["pixel_values"][rows]), (),
+                                jnp.asarray(a["image_grid_thw"][rows]))
+    n = int(np.prod(b.grid_thw))
+    count = tokens.shape[0]
+    start = (rows.start or 0) * n
+    return logprobs.Prompts(tokens, mask, jnp.asarray(a["pixel_values"][start : start + count * n]),
+                            (b.grid_thw,) * count)
+
+
+def time_layout(name, batches, model, args) -> dict:
+    """SFT and rollout throughput over an epoch of ``batches`` (each distinct shape timed once), and compiles.
+    ``model`` is consumed (the SFT step donates its buffers)."""
+    optimizer = train_state.OptimizerConfig(learning_rate=1e-5, total_steps=1000).make()
+    graphdef, state = train_state.create_train_state(model, optimizer, jax.random.key(0))
+    step = sft.make_sft_step(graphdef, optimizer)
+    sampling_config = sampling.SamplingConfig(max_new_tokens=args.new_tokens, temperature=0.9)
+    by_shape = collections.defaultdict(list)
+    for b in batches:
+        by_shape[shape_of(b)].append(b)
+    sft_seconds, rollout_seconds, compiles = {}, {}, []
+    listener = common.compile_listener(compiles, "step")
+    for key, members in by_shape.items():
+        b = members[0]
+        p, a = prompts_of(b), b.arrays
+        targets, target_mask = jnp.asarray(a["target_tokens"]), jnp.asarray(a["target_mask"])
+
+        def sft_once():
+            nonlocal state
+            state, metrics = step(state, p, targets, target_mask)
+            jax.block_until_ready(metrics)
+
+        sft_seconds[key] = common.median_time(sft_once, args.repeats, warmup=1)[0]
+        r = prompts_of(b, slice(0, args.rollout_prompts))
+        policy = nnx.merge(graphdef, state.params)
+
+        def rollout_once():
+            out = sampling.sample_groups(policy, r.tokens, r.mask, jax.random.key(1), sampling_config,
+                                         group_size=args.group_size, pixel_values=r.pixel_values,
+                                         image_grid_thw=r.image_grid_thw)
+            jax.block_until_ready(out.tokens)
+
+        rollout_seconds[key] = common.median_time(rollout_once, args.repeats, warmup=1)[0]
+        print(f"  {name}: shape {key[0]} prompt {key[1][1]} x{len(members)}: SFT step {sft_seconds[key]:.2f} s, "
+              f"rollout {rollout_seconds[key]:.2f} s", flush=True)
+    jax.monitoring.unregister_event_duration_listener(listener)
+    tokens = sum(int(b.arrays["attention_mask"][b.arrays["example_mask"] == 1].sum()) for b in batches)
+    images = sum(int(b.arrays["example_mask"].sum()) for b in batches)
+    sft_epoch = sum(sft_seconds[shape_of(b)] for b in batches)
+    rollout_epoch = sum(rollout_seconds[shape_of(b)] for b in batches)
+    generated = len(batches) * args.rollout_prompts * args.group_size * args.new_tokens
+    return {"shapes": len(by_shape), "sft_compiles": len(compiles), "sft_tokens_per_s": tokens / sft_epoch,
+            "sft_images_per_s": images / sft_epoch, "rollout_tokens_per_s": generated / rollout_epoch,
+            "batches": len(batches)}
+
+
+def continuous_mix_shapes(max_pixels: int, num_shapes: int, images: int = 4096) -> dict:
+    """Compiled shapes each candidate needs on random Flickr-like sizes (long side 500 / 640 / 1024,
+    aspect ratio log-uniform in [1/2, 2]): distinct grids (grid classes) vs fitted slots (at most num_shapes)."""
+    rng = np.random.default_rng(1)
+    config = patches.PatchConfig(max_pixels=max_pixels)
+    long_side = rng.choice([500, 640, 1024], images)
+    aspect = np.exp(rng.uniform(np.log(0.5), np.log(2), images))
+    grids, counts = set(), []
+    for side, ratio in zip(long_side, aspect):
+        w, h = (side, max(1, round(side / ratio))) if ratio >= 1 else (max(1, round(side * ratio)), side)
+        rh, rw = patches.native_size(h, w, config)
+        grids.add((rh // 14, rw // 14))
+        counts.append(rh * rw // 196)
+    slots = shapes.fit_slots(counts[:1024], num_shapes, config.max_patches)
+    used = {shapes.slot_for(c, slots) for c in counts}
+    waste = 1 - sum(counts) / sum(shapes.slot_for(c, slots) for c in counts)
+    return {"images": images, "distinct_grids": len(grids), "slots": len(used), "per_image_slot_padding": waste}
+
+
+def main(args) -> dict:
+    started = time.perf_counter()
+    records_dir, tokenizer_dir = build_data(args.workdir, args.images, args.scale)
+    tokenizer = tokenizer_lib.load_tokenizer(tokenizer_dir)
+    template = prompts.prompt_template(tokenizer)
+    patch = patches.PatchConfig(max_pixels=args.max_pixels)
+    side = int(np.sqrt(args.max_pixels)) // 28 * 28
+    bucket_prompt = template.length((side // 14) ** 2 // 4)
+    layouts = {
+        "bucket": pipeline_batches(records_dir, tokenizer_dir, patch, args.batch, resize="bucket",
+                                   buckets=((side, side),), max_prompt_len=bucket_prompt),
+        "slots": pipeline_batches(records_dir, tokenizer_dir, patch, args.batch, num_shapes=args.num_shapes,
+                                  sort_window=args.sort_window),
+    }
+    unsorted = pipeline_batches(records_dir, tokenizer_dir, patch, args.batch, num_shapes=1, sort_window=1)
+    layouts["grid classes"] = grid_class_batches(unsorted, args.batch, template, tokenizer.special_ids.pad)
+    print(f"{args.images} images (MP16-like mix x{args.scale}), batch {args.batch}, max_pixels {args.max_pixels} "
+          f"(bucket {side}x{side}); {args.threads} threads; load {common.load_average()}", flush=True)
+    results = {"args": vars(args), "layouts": {}}
+    for name, batches in layouts.items():
+        results["layouts"][name] = padding(batches) | time_layout(name, batches, bench_model(tokenizer), args)
+    results["continuous_mix"] = continuous_mix_shapes(args.max_pixels, args.num_shapes)
+    base = results["layouts"]["bucket"]
+    print(f"\n| layout | padded patches | padded prompt tokens | patches / image | SFT compiles | SFT tokens/s | "
+          f"SFT images/s | rollout tokens/s |\n|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, r in results["layouts"].items():
+        print(f"| {name} | {100 * r['padded_patch_share']:.1f}% | {100 * r['padded_prompt_token_share']:.1f}% | "
+              f"{r['patches_per_image']:.0f} | {r['sft_compiles']} | {r['sft_tokens_per_s']:.0f} "
+              f"({r['sft_tokens_per_s'] / base['sft_tokens_per_s']:.2f}x) | {r['sft_images_per_s']:.2f} "
+              f"({r['sft_images_per_s'] / base['sft_images_per_s']:.2f}x) | {r['rollout_tokens_per_s']:.0f} "
+              f"({r['rollout_tokens_per_s'] / base['rollout_tokens_per_s']:.2f}x) |")
+    c = results["continuous_mix"]
+    print(f"\nContinuous mix ({c['images']} random Flickr-like sizes): grid classes need {c['distinct_grids']} "
+          f"compiled shapes, slots {c['slots']} (<= {args.num_shapes}) with {100 * c['per_image_slot_padding']:.1f}% "
+          f"per-image slot padding; total {time.perf_counter() - started:.0f} s, load {common.load_average()}")
+    if args.results:
+        with open(args.results, "w") as f:
+            json.dump(results, f, indent=2, default=str)
+    return results
+
+
+if __name__ == "__main__":
+    main(ARGS)
