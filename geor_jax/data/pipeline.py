@@ -150,20 +150,24 @@ def fit_slot_sizes(config: PipelineConfig, patch: patches.PatchConfig, source=No
     """The native batches' patch slot sizes: ``shapes.fit_slots`` over ``config.shape_sample`` records
     taken evenly over the split (the same on every host)."""
     source = builder.open_records(config.records_dir, config.split) if source is None else source
-    total = min(len(source), config.num_records or len(source))
+    total = len(source) if config.num_records is None else min(len(source), config.num_records)
     picks = np.unique(np.linspace(0, total - 1, min(config.shape_sample, total)).astype(np.int64))
     counts = []
     for index in picks:
-        height, width = patches.native_size(*_image_size(source[int(index)]["image"]), patch)
+        record = source[int(index)]
+        height, width = patches.native_size(*_image_size(record["image"]), patch)
         counts.append(height * width // patch.patch_size**2)
+        if counts[-1] > patch.max_patches:  # smart_resize's rounding up for extreme aspect ratios
+            raise ValueError(f"record {record['id']!r}: its {height}x{width} resize has {counts[-1]} patches, over "
+                             f"the {patch.max_patches} that max_pixels {patch.max_pixels} allows")
     return shapes.fit_slots(counts, config.num_shapes, patch.max_patches)
 
 
 class PrepareExample:
     """grain map (with the stream position): raw record -> RGB uint8 image (native: already resized) + fields."""
 
-    def __init__(self, config: PipelineConfig, shape: _Shapes):
-        self.native, self.patch = config.resize == "native", shape.patch
+    def __init__(self, config: PipelineConfig, patch: patches.PatchConfig):
+        self.native, self.patch = config.resize == "native", patch
 
     def __call__(self, position: int, record) -> dict:
         """Decode the image (and size it, for native batches) and turn bytes fields into str."""
@@ -442,7 +446,7 @@ class GeoBatchIterator:
         dataset = dataset[: len(dataset) - len(dataset) % processes][jax.process_index()::processes]
         if config.shuffle:
             dataset = dataset.shuffle(seed=config.seed)  # reseeded every epoch by the repeat below
-        dataset = dataset.repeat(config.num_epochs).map_with_index(PrepareExample(config, shape))
+        dataset = dataset.repeat(config.num_epochs).map_with_index(PrepareExample(config, patch))
         window = host_batch_size * (config.sort_window if config.resize == "native" else 1)
         batches = dataset.to_iter_dataset().batch(window, batch_fn=list)
         batches = FlatMapIterDataset(batches, SplitWindow(config, host_batch_size))

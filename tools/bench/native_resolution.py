@@ -27,13 +27,14 @@ warm-up) and an epoch's time is the sum over its batches. A host-only study
 then counts the compiled shapes each candidate needs on a continuous mix
 (random Flickr-like sizes).
 
-    python tools/bench/native_resolution.py [--images=256 --batch=16 --threads=2]
+    python tools/bench/native_resolution.py [--images=512 --batch=16 --threads=2]
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import json
 import os
 import sys
@@ -43,13 +44,13 @@ import time
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--images", type=int, default=256, help="records in the epoch")
+    parser.add_argument("--images", type=int, default=512, help="records in the epoch")
     parser.add_argument("--batch", type=int, default=16, help="SFT batch (sequences)")
     parser.add_argument("--scale", type=float, default=0.5, help="side scale of the MP16-like photo sizes")
     parser.add_argument("--max_pixels", type=int, default=504 * 504, help="processor max_pixels = bucket area")
     parser.add_argument("--num_shapes", type=int, default=4)
     parser.add_argument("--sort_window", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="timing rounds (after one compiling round)")
     parser.add_argument("--rollout_prompts", type=int, default=2)
     parser.add_argument("--group_size", type=int, default=8)
     parser.add_argument("--new_tokens", type=int, default=64)
@@ -80,6 +81,8 @@ from geor_jax.models import qwen2_5_vl as qvl  # noqa: E402
 
 # MP16-like photo sizes (width, height) and their shares.
 MIX = (((640, 480), 0.4), ((480, 640), 0.2), ((500, 375), 0.25), ((1024, 768), 0.15))
+PROMPT = prompts.PromptConfig(instruction="Where was this photo taken? Answer with Country, State, City and "
+                                           "Coordinates.")  # about 40 prompt tokens besides the image, as DESIGN.md's
 PLACES = ((35.6895, 139.6917), (48.8566, 2.3522), (-33.8688, 151.2093), (40.7128, -74.006), (30.0444, 31.2357),
           (-22.9068, -43.1729), (59.9139, 10.7522), (28.6139, 77.209))
 
@@ -133,54 +136,81 @@ def bench_model(tokenizer) -> qvl.Qwen2VL:
     return nnx.merge(graphdef, jax.tree.map(draw, abstract, is_leaf=lambda x: isinstance(x, nnx.Variable)))
 
 
-def pipeline_batches(records_dir, tokenizer_dir, patch, batch, **overrides) -> list[pipeline.Batch]:
-    """One epoch of host batches from the real pipeline."""
+@dataclasses.dataclass
+class Epoch:
+    """One epoch of a layout, as the timing needs it: each batch's shape, the real and slot counts, and one
+    batch of each shape (the others are not kept: an epoch of images does not fit a shared machine's memory)."""
+
+    shapes: list = dataclasses.field(default_factory=list)
+    representatives: dict = dataclasses.field(default_factory=dict)
+    counts: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+
+    def add(self, b: pipeline.Batch) -> None:
+        a, keep = b.arrays, b.arrays["example_mask"] == 1
+        key = shape_of(b)
+        self.shapes.append(key)
+        self.representatives.setdefault(key, b)
+        pixels = a["pixel_values"].shape
+        self.counts.update(images=int(keep.sum()), tokens=int(a["attention_mask"][keep].sum()),
+                           real_patches=int(np.prod(a["image_grid_thw"][keep], axis=1).sum()),
+                           slot_patches=pixels[0] * (pixels[1] if len(pixels) == 3 else 1),
+                           real_prompt=int(a["prompt_mask"][keep].sum()), slot_prompt=a["prompt_mask"].size)
+
+    def padding(self) -> dict[str, float]:
+        """Padded share of patch slots and of prompt token slots (padding examples count as padding)."""
+        c = self.counts
+        return {"padded_patch_share": 1 - c["real_patches"] / c["slot_patches"],
+                "padded_prompt_token_share": 1 - c["real_prompt"] / c["slot_prompt"],
+                "patches_per_image": c["real_patches"] / c["images"]}
+
+
+def pipeline_batches(records_dir, tokenizer_dir, patch, batch, **overrides):
+    """One epoch of host batches from the real pipeline (an iterator)."""
     config = pipeline.PipelineConfig(records_dir=records_dir, tokenizer_dir=tokenizer_dir, global_batch_size=batch,
                                      patch=patch, num_epochs=1, drop_remainder=False, max_target_len=64,
-                                     **overrides)
-    return list(pipeline.make_iterator(config))
+                                     prompt=PROMPT, **overrides)
+    return pipeline.make_iterator(config)
 
 
-def grid_class_batches(native: list[pipeline.Batch], batch_size: int, template, pad_id: int) -> list[pipeline.Batch]:
-    """Candidate 1: the native examples regrouped by exact grid, static grids, prompts of their exact length."""
-    groups = collections.defaultdict(list)
+def epoch_of(batches) -> Epoch:
+    epoch = Epoch()
+    for b in batches:
+        epoch.add(b)
+    return epoch
+
+
+def grid_class_epoch(native, batch_size: int, template) -> Epoch:
+    """Candidate 1: the native examples (in their shuffled order) grouped by exact grid into batches with static
+    grids and prompts of their exact length. A class's last batch of the epoch is short and padded, as a
+    grouping sampler's must be at the end of an epoch."""
+    members = collections.defaultdict(list)  # grid -> the class's examples (pixels kept for the first batch only)
     for b in native:
         a = b.arrays
         for row in np.flatnonzero(a["example_mask"]):
-            groups[tuple(int(x) for x in a["image_grid_thw"][row])].append((b, row))
-    out = []
-    for grid, members in groups.items():
-        n = int(np.prod(grid))
-        width = template.length(n // 4)
-        for start in range(0, len(members), batch_size):
-            chunk = members[start : start + batch_size]
+            grid = tuple(int(x) for x in a["image_grid_thw"][row])
+            n = int(np.prod(grid))
+            width = template.length(n // 4)
+            keep = len(members[grid]) < batch_size
+            members[grid].append({
+                "prompt_tokens": a["prompt_tokens"][row, -width:], "prompt_mask": a["prompt_mask"][row, -width:],
+                "target_tokens": a["target_tokens"][row], "target_mask": a["target_mask"][row],
+                "pixel_values": a["pixel_values"][row, :n].copy() if keep else None})
+    epoch = Epoch()
+    for grid, examples in members.items():
+        for start in range(0, len(examples), batch_size):
+            chunk = examples[start : start + batch_size]
             real = len(chunk)
             chunk = chunk + [chunk[-1]] * (batch_size - real)
-            arrays = {
-                "prompt_tokens": np.stack([b.arrays["prompt_tokens"][r, -width:] for b, r in chunk]),
-                "prompt_mask": np.stack([b.arrays["prompt_mask"][r, -width:] for b, r in chunk]),
-                "target_tokens": np.stack([b.arrays["target_tokens"][r] for b, r in chunk]),
-                "target_mask": np.stack([b.arrays["target_mask"][r] for b, r in chunk]),
-                "pixel_values": np.concatenate([b.arrays["pixel_values"][r, :n] for b, r in chunk]),
-                "image_grid_thw": np.tile(np.asarray(grid, np.int32), (batch_size, 1)),
-                "example_mask": (np.arange(batch_size) < real).astype(np.int32),
-            }
-            arrays["attention_mask"] = np.concatenate([arrays["prompt_mask"], arrays["target_mask"]], 1)
-            out.append(pipeline.Batch(arrays, grid, {}))
-    return out
-
-
-def padding(batches: list[pipeline.Batch]) -> dict[str, float]:
-    """Padded share of patch slots and of prompt token slots (padding examples count as padding)."""
-    real_patches = slot_patches = real_tokens = slot_tokens = 0
-    for b in batches:
-        a, keep = b.arrays, b.arrays["example_mask"] == 1
-        real_patches += int(np.prod(a["image_grid_thw"][keep], axis=1).sum())
-        slot_patches += a["pixel_values"].shape[0] * (a["pixel_values"].shape[1] if a["pixel_values"].ndim == 3 else 1)
-        real_tokens += int(a["prompt_mask"][keep].sum())
-        slot_tokens += a["prompt_mask"].size
-    return {"padded_patch_share": 1 - real_patches / slot_patches, "padded_prompt_token_share": 1 - real_tokens / slot_tokens,
-            "patches_per_image": real_patches / sum(int(b.arrays["example_mask"].sum()) for b in batches)}
+            arrays = {key: np.stack([e[key] for e in chunk]) for key in
+                      ("prompt_tokens", "prompt_mask", "target_tokens", "target_mask")}
+            n = int(np.prod(grid))  # only a class's first batch is timed; later ones are counted (no pixels kept)
+            arrays["pixel_values"] = (np.concatenate([e["pixel_values"] for e in chunk]) if start == 0
+                                      else np.broadcast_to(np.float32(0), (batch_size * n, 1176)))
+            arrays.update(image_grid_thw=np.tile(np.asarray(grid, np.int32), (batch_size, 1)),
+                          example_mask=(np.arange(batch_size) < real).astype(np.int32),
+                          attention_mask=np.concatenate([arrays["prompt_mask"], arrays["target_mask"]], 1))
+            epoch.add(pipeline.Batch(arrays, grid, {}))
+    return epoch
 
 
 def shape_of(b: pipeline.Batch):
@@ -200,50 +230,65 @@ def prompts_of(b: pipeline.Batch, rows: slice = slice(None)) -> logprobs.Prompts
                             (b.grid_thw,) * count)
 
 
-def time_layout(name, batches, model, args) -> dict:
-    """SFT and rollout throughput over an epoch of ``batches`` (each distinct shape timed once), and compiles.
-    ``model`` is consumed (the SFT step donates its buffers)."""
-    optimizer = train_state.OptimizerConfig(learning_rate=1e-5, total_steps=1000).make()
-    graphdef, state = train_state.create_train_state(model, optimizer, jax.random.key(0))
-    step = sft.make_sft_step(graphdef, optimizer)
-    sampling_config = sampling.SamplingConfig(max_new_tokens=args.new_tokens, temperature=0.9)
-    by_shape = collections.defaultdict(list)
-    for b in batches:
-        by_shape[shape_of(b)].append(b)
-    sft_seconds, rollout_seconds, compiles = {}, {}, []
-    listener = common.compile_listener(compiles, "step")
-    for key, members in by_shape.items():
-        b = members[0]
-        p, a = prompts_of(b), b.arrays
-        targets, target_mask = jnp.asarray(a["target_tokens"]), jnp.asarray(a["target_mask"])
+class Timer:
+    """One model, SFT step and sampler for every layout: each distinct batch shape is compiled once (compiles
+    counted per layout), then timed in interleaved rounds, so load drift on a shared machine hits all alike."""
 
-        def sft_once():
-            nonlocal state
-            state, metrics = step(state, p, targets, target_mask)
-            jax.block_until_ready(metrics)
+    def __init__(self, tokenizer, args):
+        self.args = args
+        optimizer = train_state.OptimizerConfig(learning_rate=1e-5, total_steps=1000).make()
+        self.graphdef, self.state = train_state.create_train_state(bench_model(tokenizer), optimizer,
+                                                                   jax.random.key(0))
+        self.step = sft.make_sft_step(self.graphdef, optimizer)
+        self.sampling_config = sampling.SamplingConfig(max_new_tokens=args.new_tokens, temperature=0.9)
+        self.seconds = collections.defaultdict(lambda: {"sft": [], "rollout": []})
 
-        sft_seconds[key] = common.median_time(sft_once, args.repeats, warmup=1)[0]
-        r = prompts_of(b, slice(0, args.rollout_prompts))
-        policy = nnx.merge(graphdef, state.params)
+    def sft(self, b: pipeline.Batch) -> float:
+        """Seconds of one SFT step (fwd + bwd + AdamW) on ``b``."""
+        a, start = b.arrays, time.perf_counter()
+        self.state, metrics = self.step(self.state, prompts_of(b), jnp.asarray(a["target_tokens"]),
+                                        jnp.asarray(a["target_mask"]))
+        jax.block_until_ready(metrics)
+        return time.perf_counter() - start
 
-        def rollout_once():
-            out = sampling.sample_groups(policy, r.tokens, r.mask, jax.random.key(1), sampling_config,
-                                         group_size=args.group_size, pixel_values=r.pixel_values,
-                                         image_grid_thw=r.image_grid_thw)
-            jax.block_until_ready(out.tokens)
+    def rollout(self, b: pipeline.Batch) -> float:
+        """Seconds of one rollout (prefill + decode) of the batch's first prompts, G samples each."""
+        r, start = prompts_of(b, slice(0, self.args.rollout_prompts)), time.perf_counter()
+        out = sampling.sample_groups(nnx.merge(self.graphdef, self.state.params), r.tokens, r.mask,
+                                     jax.random.key(1), self.sampling_config, group_size=self.args.group_size,
+                                     pixel_values=r.pixel_values, image_grid_thw=r.image_grid_thw)
+        jax.block_until_ready(out.tokens)
+        return time.perf_counter() - start
 
-        rollout_seconds[key] = common.median_time(rollout_once, args.repeats, warmup=1)[0]
-        print(f"  {name}: shape {key[0]} prompt {key[1][1]} x{len(members)}: SFT step {sft_seconds[key]:.2f} s, "
-              f"rollout {rollout_seconds[key]:.2f} s", flush=True)
-    jax.monitoring.unregister_event_duration_listener(listener)
-    tokens = sum(int(b.arrays["attention_mask"][b.arrays["example_mask"] == 1].sum()) for b in batches)
-    images = sum(int(b.arrays["example_mask"].sum()) for b in batches)
-    sft_epoch = sum(sft_seconds[shape_of(b)] for b in batches)
-    rollout_epoch = sum(rollout_seconds[shape_of(b)] for b in batches)
-    generated = len(batches) * args.rollout_prompts * args.group_size * args.new_tokens
-    return {"shapes": len(by_shape), "sft_compiles": len(compiles), "sft_tokens_per_s": tokens / sft_epoch,
-            "sft_images_per_s": images / sft_epoch, "rollout_tokens_per_s": generated / rollout_epoch,
-            "batches": len(batches)}
+    def warm_up(self, epoch: Epoch) -> int:
+        """Compile every shape of a layout; returns the SFT step's compiles."""
+        compiles = []
+        listener = common.compile_listener(compiles, "step")
+        for b in epoch.representatives.values():
+            self.sft(b)
+            self.rollout(b)
+        jax.monitoring.unregister_event_duration_listener(listener)
+        return len(compiles)
+
+    def round(self, name: str, epoch: Epoch) -> None:
+        """Time every shape of a layout once."""
+        for key, b in epoch.representatives.items():
+            self.seconds[name, key]["sft"].append(self.sft(b))
+            self.seconds[name, key]["rollout"].append(self.rollout(b))
+
+    def throughput(self, name: str, epoch: Epoch) -> dict:
+        """Epoch throughput: each batch costs its shape's median time."""
+        median = {key: {k: float(np.median(v)) for k, v in self.seconds[name, key].items()}
+                  for key in epoch.representatives}
+        for key, m in median.items():
+            print(f"  {name}: pixel_values {key[0]}, prompt {key[1][1]}: SFT step {m['sft']:.2f} s, "
+                  f"rollout {m['rollout']:.2f} s", flush=True)
+        sft_epoch = sum(median[key]["sft"] for key in epoch.shapes)
+        rollout_epoch = sum(median[key]["rollout"] for key in epoch.shapes)
+        generated = len(epoch.shapes) * self.args.rollout_prompts * self.args.group_size * self.args.new_tokens
+        return {"shapes": len(median), "sft_tokens_per_s": epoch.counts["tokens"] / sft_epoch,
+                "sft_images_per_s": epoch.counts["images"] / sft_epoch,
+                "rollout_tokens_per_s": generated / rollout_epoch, "batches": len(epoch.shapes)}
 
 
 def continuous_mix_shapes(max_pixels: int, num_shapes: int, images: int = 4096) -> dict:
@@ -269,23 +314,29 @@ def main(args) -> dict:
     started = time.perf_counter()
     records_dir, tokenizer_dir = build_data(args.workdir, args.images, args.scale)
     tokenizer = tokenizer_lib.load_tokenizer(tokenizer_dir)
-    template = prompts.prompt_template(tokenizer)
+    template = prompts.prompt_template(tokenizer, PROMPT)
     patch = patches.PatchConfig(max_pixels=args.max_pixels)
     side = int(np.sqrt(args.max_pixels)) // 28 * 28
     bucket_prompt = template.length((side // 14) ** 2 // 4)
     layouts = {
-        "bucket": pipeline_batches(records_dir, tokenizer_dir, patch, args.batch, resize="bucket",
-                                   buckets=((side, side),), max_prompt_len=bucket_prompt),
-        "slots": pipeline_batches(records_dir, tokenizer_dir, patch, args.batch, num_shapes=args.num_shapes,
-                                  sort_window=args.sort_window),
+        "bucket": epoch_of(pipeline_batches(records_dir, tokenizer_dir, patch, args.batch, resize="bucket",
+                                            buckets=((side, side),), max_prompt_len=bucket_prompt)),
+        "slots": epoch_of(pipeline_batches(records_dir, tokenizer_dir, patch, args.batch, num_shapes=args.num_shapes,
+                                           sort_window=args.sort_window)),
+        "grid classes": grid_class_epoch(pipeline_batches(records_dir, tokenizer_dir, patch, args.batch, num_shapes=1,
+                                                          sort_window=1), args.batch, template),
     }
-    unsorted = pipeline_batches(records_dir, tokenizer_dir, patch, args.batch, num_shapes=1, sort_window=1)
-    layouts["grid classes"] = grid_class_batches(unsorted, args.batch, template, tokenizer.special_ids.pad)
     print(f"{args.images} images (MP16-like mix x{args.scale}), batch {args.batch}, max_pixels {args.max_pixels} "
           f"(bucket {side}x{side}); {args.threads} threads; load {common.load_average()}", flush=True)
-    results = {"args": vars(args), "layouts": {}}
+    timer = Timer(tokenizer, args)
+    results = {"args": vars(args), "layouts": {name: epoch.padding() for name, epoch in layouts.items()}}
     for name, batches in layouts.items():
-        results["layouts"][name] = padding(batches) | time_layout(name, batches, bench_model(tokenizer), args)
+        results["layouts"][name]["sft_compiles"] = timer.warm_up(batches)
+    for _ in range(args.repeats):
+        for name, batches in layouts.items():
+            timer.round(name, batches)
+    for name, batches in layouts.items():
+        results["layouts"][name].update(timer.throughput(name, batches))
     results["continuous_mix"] = continuous_mix_shapes(args.max_pixels, args.num_shapes)
     base = results["layouts"]["bucket"]
     print(f"\n| layout | padded patches | padded prompt tokens | patches / image | SFT compiles | SFT tokens/s | "
