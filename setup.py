@@ -19,21 +19,28 @@ CORE = [
     "tensorflow-datasets==4.9.10",
     "array_record==0.8.6",
     "grain==0.2.18",
-    "protobuf==7.36.2",
-    "pillow==13.0.0",
+    # Each range spans exactly two tested versions: a plain install resolves to the newest (protobuf 7.36.2,
+    # pillow 13.0.0, pyarrow 26.0.1); the beam extra pins the older ones apache-beam 2.77 requires
+    # (protobuf<7, pillow<13, pyarrow<26), with which the test suite passes too.
+    "protobuf>=6.33.6,<=7.36.2",
+    "pillow>=12.3.0,<=13.0.0",
+    "pyarrow>=25.0.1,<=26.0.1",  # tensorflow-datasets needs it; mining parses CSVs with it
     "reverse_geocoder==1.5.1",
     "pycountry==26.2.16",
     "matplotlib==3.11.2",
     "tensorboardX==2.6.5",
 ]
 
+PYTEST = ["pytest==9.2.0", "pytest-xdist==3.8.0", "hypothesis==6.170.15"]
+
 TEST = [
     # CPU wheel on disk; only for parity tests against transformers.
     "torch==2.13.0",
-    "pytest==9.2.0",
-    "pytest-xdist==3.8.0",
-    "hypothesis==6.170.15",
-]
+] + PYTEST
+
+# Distributed dataset builds (TFDS on Apache Beam: DirectRunner, Dataflow, Flink, Spark). Install it in its own
+# environment (tools/bootstrap.sh beam -> .venv-beam): it moves protobuf, pillow and pyarrow to the older pins.
+BEAM = ["apache-beam==2.77.0", "protobuf==6.33.6", "pillow==12.3.0", "pyarrow==25.0.1"]
 
 BENCH = TEST + [
     # The PyTorch peer of the GRPO benchmark (tools/bench/grpo_iteration.py); checked not to move torch,
@@ -50,5 +57,5 @@ setup(
     packages=find_packages(include=["geor_jax", "geor_jax.*"]),
     python_requires=">=3.11",
     install_requires=CORE,
-    extras_require={"test": TEST, "bench": BENCH},
+    extras_require={"test": TEST, "bench": BENCH, "beam": BEAM, "beam_test": BEAM + PYTEST},
 )

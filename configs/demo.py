@@ -5,26 +5,25 @@
         --config.model.init_from=/tmp/geor_demo/sft/hf
 
 ``launch/demo.py`` builds the data and runs both stages and the evaluation.
-The layout of every config is documented in ``geor_jax/run_config.py``.
+The layout of every config is documented in ``geor_jax/run/config.py``.
 """
 
-from geor_jax import run_config
+from geor_jax.run import config as run_config
 
 DEMO_ROOT = "/tmp/geor_demo"
 
 
 def get_config(stage: str = "sft"):
     c = run_config.base_config(stage)
-    c.mesh = dict(data=1, fsdp=-1, tensor=1)
+    c.mesh.update(data=1, fsdp=-1, tensor=1)
     c.model.dtype = "float32"
     c.model.remat = False
     c.model.scan_layers = False
-    c.model.text = dict(hidden_size=128, intermediate_size=256, num_layers=2, num_heads=4, num_kv_heads=2,
+    c.model.text.update(hidden_size=128, intermediate_size=256, num_layers=2, num_heads=4, num_kv_heads=2,
                         rope_theta=1e6, mrope_section=(4, 6, 6), tie_word_embeddings=False)
-    c.model.vision = dict(depth=2, hidden_size=64, num_heads=2, intermediate_size=128, window_size=112,
+    c.model.vision.update(depth=2, hidden_size=64, num_heads=2, intermediate_size=128, window_size=112,
                           fullatt_block_indexes=(1,))
 
-    c.data.data_dir = f"{DEMO_ROOT}/data"
     c.data.records_dir = f"{DEMO_ROOT}/data/geo_cor_records/demo_sizes_400_0_train/1.1.0"
     c.data.tokenizer_dir = f"{DEMO_ROOT}/data/demo_tokenizer"
     c.data.global_batch_size = 16 if stage == "sft" else 8
@@ -34,7 +33,7 @@ def get_config(stage: str = "sft"):
     c.data.num_shapes = 3
     c.data.max_target_len = 64
     c.data.worker_count = 0
-    c.data.instruction = "Where was this photo taken? Answer with Country, State, City and Coordinates."
+    c.data.prompt.instruction = "Where was this photo taken? Answer with Country, State, City and Coordinates."
 
     c.eval.records_dir = f"{DEMO_ROOT}/data/geo_cor_records/demo_sizes_64_1_test/1.1.0"
     c.eval.batch_size = 16

@@ -4,7 +4,7 @@ The recipe of configs/geor_7b_grpo.py; the 3B fits twice the prompts per
 step (32 x G 4, in 4 micro-batches). ``:tpu_v5p`` or ``:gpu8``.
 """
 
-from geor_jax import run_config
+from geor_jax.run import config as run_config
 
 RECORDS = "/data/records/geo_cor_records"
 

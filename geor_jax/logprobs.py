@@ -18,62 +18,14 @@ Qwen2.5-VL-7B at 64 rows x 256 tokens, never exist at once.
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 
 from geor_jax.models import qwen2_5_vl as qvl
+from geor_jax.rollout import Prompts
 
 # Continuation positions per LM head chunk: (rows, 128, vocab) logits at a time.
 DEFAULT_LOGITS_CHUNK_SIZE = 128
-
-
-@dataclasses.dataclass(frozen=True)
-class Prompts:
-    """B image prompts. tokens/mask: (B, P) left-padded; pixel_values: the
-    patches of the B images in order (None for text-only); grids: one static
-    (t, h, w) per image. Native-resolution batches hold one image per row
-    instead: pixel_values (B, L, patch_dim) patch slots, ``row_grids`` (B, 3)
-    int32 (data, not static) and no ``grids`` (``qwen2_5_vl.image_rows``)."""
-
-    tokens: jax.Array
-    mask: jax.Array
-    pixel_values: jax.Array | None
-    grids: tuple[tuple[int, int, int], ...]
-    row_grids: jax.Array | None = None
-
-    @property
-    def image_grid_thw(self):
-        """What the model's ``image_grid_thw`` takes: the static grids, or the per-row grid array."""
-        return self.grids if self.row_grids is None else self.row_grids
-
-
-jax.tree_util.register_dataclass(Prompts, data_fields=["tokens", "mask", "pixel_values", "row_grids"],
-                                 meta_fields=["grids"])
-
-
-def repeat_prompts(prompts: Prompts, group_size: int) -> Prompts:
-    """Each prompt (and its image) repeated ``group_size`` times, group-major."""
-    if group_size == 1:
-        return prompts
-    if prompts.row_grids is not None:
-        return jax.tree.map(lambda x: jnp.repeat(x, group_size, axis=0), prompts)
-    pixel_values = None
-    if prompts.pixel_values is not None:
-        per_image = [t * h * w for t, h, w in prompts.grids]
-        starts = [sum(per_image[:i]) for i in range(len(per_image))]
-        pixel_values = jnp.concatenate([
-            prompts.pixel_values[start:start + size]
-            for start, size in zip(starts, per_image)
-            for _ in range(group_size)
-        ])
-    return Prompts(
-        tokens=jnp.repeat(prompts.tokens, group_size, axis=0),
-        mask=jnp.repeat(prompts.mask, group_size, axis=0),
-        pixel_values=pixel_values,
-        grids=tuple(grid for grid in prompts.grids for _ in range(group_size)),
-    )
 
 
 def continuation_logprobs(
@@ -98,12 +50,12 @@ def continuation_logprobs(
     batch, prompt_len = prompts.tokens.shape
     if tokens.shape[0] != batch * group_size:
         raise ValueError(f"{tokens.shape[0]} continuations for {batch} prompts x group_size {group_size}")
-    if not images_match_grids(prompts):
+    if not prompts.matches_grids():
         raise ValueError(f"pixel_values rows do not match the image grids {prompts.grids}")
     if shared_prompt:
         hidden = _shared_prompt_hidden(model, prompts, tokens, mask, group_size)
     else:
-        full = repeat_prompts(prompts, group_size)
+        full = prompts.repeat(group_size)
         hidden, _ = model.hidden_states(
             jnp.concatenate([full.tokens, tokens], axis=1),
             jnp.concatenate([full.mask, mask], axis=1),
@@ -168,39 +120,3 @@ def lm_head_logprobs(
 
     logp = jax.lax.map(lambda xs: chunk(*xs), (hidden, targets))
     return logp.swapaxes(0, 1).reshape(rows, -1)[:, :length]
-
-
-def images_match_grids(prompts: Prompts) -> bool:
-    """Whether the patch rows equal the grids' patch count, or there is one patch slot per row (static check)."""
-    if prompts.row_grids is not None:
-        rows = prompts.tokens.shape[0]
-        return (not prompts.grids and prompts.pixel_values is not None and prompts.pixel_values.ndim == 3
-                and prompts.pixel_values.shape[0] == rows and prompts.row_grids.shape == (rows, 3))
-    if prompts.pixel_values is None:
-        return not prompts.grids
-    return prompts.pixel_values.shape[0] == sum(t * h * w for t, h, w in prompts.grids)
-
-
-def split_prompts(prompts: Prompts, num_micro_batches: int) -> Prompts:
-    """Prompts with arrays reshaped to (num_micro_batches, B / num_micro_batches, ...).
-
-    Static grids must be the same in every micro-batch (true for bucketed
-    pipeline batches, which share one resolution); per-row grids
-    (``row_grids``) split with their rows.
-    """
-    batch = prompts.tokens.shape[0]
-    if batch % num_micro_batches:
-        raise ValueError(f"{batch} prompts do not split into {num_micro_batches} micro-batches")
-    split = lambda x: x.reshape(num_micro_batches, x.shape[0] // num_micro_batches, *x.shape[1:])  # noqa: E731
-    if prompts.row_grids is not None:
-        return jax.tree.map(split, prompts)
-    images_per_micro = len(prompts.grids) // num_micro_batches
-    micro_grids = prompts.grids[:images_per_micro]
-    if len(prompts.grids) % num_micro_batches or micro_grids * num_micro_batches != prompts.grids:
-        raise ValueError(f"image grids {prompts.grids} differ between the {num_micro_batches} micro-batches")
-    return Prompts(
-        tokens=split(prompts.tokens),
-        mask=split(prompts.mask),
-        pixel_values=None if prompts.pixel_values is None else split(prompts.pixel_values),
-        grids=micro_grids,
-    )

@@ -22,6 +22,10 @@ import re
 from collections.abc import Sequence
 
 import numpy as np
+import pycountry
+import reverse_geocoder
+
+from geor_jax import geo
 
 COORDINATE_DECIMALS = 6
 
@@ -80,8 +84,6 @@ def country_name(code: str) -> str:
     """English country name for an ISO 3166 alpha-2 code (the code if unknown)."""
     if code in _COUNTRY_NAME_OVERRIDES:
         return _COUNTRY_NAME_OVERRIDES[code]
-    import pycountry
-
     country = pycountry.countries.get(alpha_2=code)
     if country is None:
         return code
@@ -119,12 +121,10 @@ def chain_of_region(coords) -> list[Region]:
     array = _as_coordinates(coords)
     if len(array) == 0:
         return []
-    import reverse_geocoder
-
     # mode=1: single process (mode 2 forks, which deadlocks next to JAX).
     places = reverse_geocoder.search([tuple(row) for row in array], mode=1, verbose=False)
     place_coords = np.array([(float(p["lat"]), float(p["lon"])) for p in places])
-    distances = _haversine_np(array, place_coords)
+    distances = np.asarray(geo.haversine_km(array[:, 0], array[:, 1], place_coords[:, 0], place_coords[:, 1]))
     return [
         Region(
             country=country_name(place["cc"]),
@@ -135,13 +135,6 @@ def chain_of_region(coords) -> list[Region]:
         )
         for place, distance in zip(places, distances)
     ]
-
-
-def _haversine_np(a: np.ndarray, b: np.ndarray, radius_km: float = 6371.0) -> np.ndarray:
-    """Host-side haversine between (N, 2) degree arrays (no JAX needed here)."""
-    lat1, lon1, lat2, lon2 = np.radians(a[:, 0]), np.radians(a[:, 1]), np.radians(b[:, 0]), np.radians(b[:, 1])
-    h = np.sin((lat2 - lat1) / 2) ** 2 + np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2
-    return 2 * radius_km * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0)))
 
 
 def render_answer(region: Region, lat: float, lon: float, decimals: int = COORDINATE_DECIMALS) -> str:

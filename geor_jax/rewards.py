@@ -9,6 +9,7 @@ right country / state / city are configurable through ``RewardConfig``.
 
 import dataclasses
 import functools
+import inspect
 import re
 import unicodedata
 from collections.abc import Sequence
@@ -16,10 +17,23 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pycountry
 
-from geor_jax import geo, regions
+from geor_jax import config_fields, geo, regions
 
 LEVELS = ("country", "state", "city")
+
+
+def _distance_kwargs_fit(pairs) -> str | None:
+    return None if all(isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) for p in pairs) else \
+        f"must be (name, value) pairs, got {pairs!r}"
+
+
+def _increasing_breakpoints(breakpoints) -> str | None:
+    knots = (0.0, *breakpoints)
+    if len(breakpoints) != len(geo.GEOR_BREAKPOINT_VALUES) - 1 or any(b <= a for a, b in zip(knots, knots[1:])):
+        return f"must be {len(geo.GEOR_BREAKPOINT_VALUES) - 1} positive increasing distances, got {breakpoints!r}"
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,8 +41,10 @@ class RewardConfig:
     """How completions are rewarded (hashable: a static argument under jit).
 
     distance: name in ``geo.DISTANCE_REWARDS`` ("geor", "exponential", "gre",
-      "geoguessr") and its keyword arguments as (name, value) pairs, e.g.
-      ``(("breakpoints_km", (750.0, 3000.0, 20000.0)),)`` for the authors' code.
+      "geoguessr"); its keyword arguments as (name, value) pairs in
+      ``distance_kwargs`` (e.g. ``(("tau_km", 100.0),)``), except the Geo-R
+      reward's breakpoints, which are ``breakpoints_km`` (the paper's 750 /
+      2500 / 20000 km; the authors' code uses 3000 km as the middle one).
     combine: "product" -> format * (distance + bonus) (the paper's, bonus 0);
       "sum" -> distance_weight * distance + format_weight * format + bonus,
       where an invalid answer still gets no distance reward.
@@ -36,30 +52,33 @@ class RewardConfig:
     radius_km: Earth radius for the Haversine distance.
     """
 
-    distance: str = "geor"
-    distance_kwargs: tuple[tuple[str, object], ...] = ()
-    combine: str = "product"
+    distance: str = config_fields.field("geor", config_fields.one_of(*geo.DISTANCE_REWARDS))
+    breakpoints_km: tuple[float, ...] = config_fields.field(geo.GEOR_BREAKPOINTS_KM, _increasing_breakpoints)
+    distance_kwargs: tuple[tuple[str, object], ...] = config_fields.field((), _distance_kwargs_fit)
+    combine: str = config_fields.field("product", config_fields.one_of("product", "sum"))
     distance_weight: float = 1.0
     format_weight: float = 0.0
     level_weights: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    radius_km: float = geo.EARTH_RADIUS_KM
+    radius_km: float = config_fields.field(geo.EARTH_RADIUS_KM, config_fields.greater_than(0))
 
     def __post_init__(self):
-        if self.distance not in geo.DISTANCE_REWARDS:
-            raise ValueError(
-                f"RewardConfig.distance={self.distance!r}: choose one of {sorted(geo.DISTANCE_REWARDS)}"
-            )
-        if self.combine not in ("product", "sum"):
-            raise ValueError(f"RewardConfig.combine={self.combine!r}: choose 'product' or 'sum'")
-        if len(self.level_weights) != len(LEVELS):
-            raise ValueError(
-                f"RewardConfig.level_weights needs {len(LEVELS)} weights {LEVELS}, got {self.level_weights}"
-            )
+        config_fields.check(self)
+        accepted = set(inspect.signature(geo.DISTANCE_REWARDS[self.distance]).parameters) - {"d_km", "breakpoints_km"}
+        unknown = sorted(set(dict(self.distance_kwargs)) - accepted)
+        if unknown:
+            raise config_fields.ConfigError("RewardConfig.distance_kwargs",
+                                            f"{unknown} are not arguments of the {self.distance!r} reward "
+                                            f"(it takes {sorted(accepted)})")
 
     @property
     def uses_levels(self) -> bool:
         """Whether any region-level bonus is on (level matching is host work)."""
         return any(w != 0 for w in self.level_weights)
+
+    def distance_arguments(self) -> dict:
+        """Keyword arguments of the distance reward function."""
+        extra = {"breakpoints_km": self.breakpoints_km} if self.distance == "geor" else {}
+        return {**dict(self.distance_kwargs), **extra}
 
 
 @functools.partial(jax.jit, static_argnames="config")
@@ -83,7 +102,7 @@ def reward_from_arrays(
     lat = jnp.where(valid, pred_lat, 0.0)
     lon = jnp.where(valid, pred_lon, 0.0)
     distance_km = geo.haversine_km(lat, lon, true_lat, true_lon, radius_km=config.radius_km)
-    distance_reward = geo.DISTANCE_REWARDS[config.distance](distance_km, **dict(config.distance_kwargs))
+    distance_reward = geo.DISTANCE_REWARDS[config.distance](distance_km, **config.distance_arguments())
     distance_reward = jnp.where(valid, distance_reward, 0.0)
     format_reward = valid.astype(distance_reward.dtype)
     bonus = jnp.zeros_like(distance_reward)
@@ -107,8 +126,6 @@ def normalize_place(name: str) -> str:
 @functools.cache
 def _country_code_of(name: str) -> str | None:
     """ISO alpha-2 code a country name or code refers to (pycountry), if any."""
-    import pycountry
-
     try:
         return pycountry.countries.lookup(name.strip()).alpha_2
     except LookupError:

@@ -3,11 +3,11 @@
 ``sample_groups`` takes B prompts (left-padded tokens + image patches) and a
 group size G and returns G completions per prompt:
 
-1. **Prefill** (one jit): the image and prompt of each of the B prompts run
+1. **Prefill** (``prefill``, one jit): the image and prompt of each of the B prompts run
    through the model once, into a B-row KV cache; the cache and the next-token
    logits are then repeated to B*G rows (``repeat_rows``), so the prompt is
    never recomputed per sample.
-2. **Decode** (one jit, cache donated): all B*G rows advance together in a
+2. **Decode** (``decode``, one jit, cache donated): all B*G rows advance together in a
    ``lax.while_loop`` until every row has emitted a stop token or the token
    budget is spent.
 
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -36,12 +35,10 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
 from geor_jax import sharding as sharding_lib
-from geor_jax.models.qwen2_5_vl import KVCache, Qwen2VL, repeat_rows
-from geor_jax.models.qwen2_5_vl import image_rows
+from geor_jax.models.qwen2_5_vl import KVCache, Qwen2VL, repeat_rows, token_logprobs
 from geor_jax.models.qwen2_5_vl.cache import KEY_AXES, VALUE_AXES
 from geor_jax.models.qwen2_5_vl.rope import static_grids
-
-Grid = tuple[int, int, int]
+from geor_jax.rollout import Prompts, Rollout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,9 +56,12 @@ class SamplingConfig:
       part of the completion and of its mask), e.g. ``SpecialTokenIds.eos``.
     pad_id: written after a row's end.
     suppress_tokens: never sampled (logit -inf before temperature / top-k /
-      top-p). ``sample_groups`` always adds the model's image and video
-      placeholder ids: a completion holding one could not be teacher-forced,
-      the forward pass would read it as an image slot.
+      top-p).
+    suppress_placeholders: ``sample_groups`` also suppresses the model's image
+      and video placeholder ids (on by default): a completion holding one
+      could not be teacher-forced, the forward pass would read it as an image
+      slot. Greedy output equals transformers ``generate`` given the same
+      suppressed ids.
     max_cache_len: if set, prompt length + max_new_tokens must fit in it
       (e.g. the model's context length).
     """
@@ -74,6 +74,7 @@ class SamplingConfig:
     stop_tokens: tuple[int, ...] = ()
     pad_id: int = 0
     suppress_tokens: tuple[int, ...] = ()
+    suppress_placeholders: bool = True
     max_cache_len: int | None = None
 
     def validate(self, vocab_size: int) -> None:
@@ -93,23 +94,6 @@ class SamplingConfig:
                 raise ValueError(f"{name} {bad} outside the vocabulary [0, {vocab_size})")
 
 
-@struct.dataclass
-class Rollout:
-    """G completions for each of B prompts; every array has B*G group-major rows.
-
-    tokens: (B*G, T) int32, ``pad_id`` after a row's end.
-    mask: (B*G, T) int32, 1 on generated tokens (the stop token included).
-    lengths: (B*G,) int32, ``mask.sum(1)``.
-    logprobs: (B*G, T) float32, ``log_softmax(logits / temperature)`` at each
-      generated token (0 where ``mask`` is 0).
-    """
-
-    tokens: jax.Array
-    mask: jax.Array
-    lengths: jax.Array
-    logprobs: jax.Array
-
-
 def policy_logprobs(logits: jax.Array, tokens: jax.Array, temperature: float) -> jax.Array:
     """``log_softmax(logits / temperature)`` at ``tokens``: the rollout log-prob convention.
 
@@ -119,9 +103,7 @@ def policy_logprobs(logits: jax.Array, tokens: jax.Array, temperature: float) ->
     ``policy_logprobs(logits[:, P-1:P-1+T], rollout.tokens, T_sampling)``,
     where P is the padded prompt length.
     """
-    logits = logits.astype(jnp.float32) / temperature
-    picked = jnp.take_along_axis(logits, tokens[..., None], axis=-1)[..., 0]
-    return picked - jax.nn.logsumexp(logits, axis=-1)
+    return token_logprobs(logits.astype(jnp.float32) / temperature, tokens)
 
 
 def _suppress(logits: jax.Array, config: SamplingConfig) -> jax.Array:
@@ -251,47 +233,22 @@ def _lm_head_input(hidden):
     return sharding_lib.constrain(hidden, (None, None, "embed"))
 
 
-def _grid_arguments(pixel_values, image_grid_thw) -> tuple[tuple[Grid, ...], jax.Array | None]:
-    """(static grids, traced per-row grids) for the prefill jit: one image per row passes its grids as data."""
-    if image_rows.is_rows(pixel_values):
-        return (), jnp.asarray(image_grid_thw, jnp.int32)
-    return static_grids(image_grid_thw), None
+@functools.partial(jax.jit, static_argnames=("graphdef", "group_size", "max_len", "mesh"))
+def prefill(graphdef: nnx.GraphDef, state: nnx.State, prompts: Prompts, *, group_size: int, max_len: int,
+            mesh: Mesh | None = None) -> tuple[KVCache, jax.Array]:
+    """Phase 1 of ``sample_groups`` (one jit): each prompt once, shared with its group.
 
-
-@functools.partial(jax.jit, static_argnames=("graphdef", "grids", "group_size", "max_len", "mesh"))
-def _prefill(graphdef, state, prompt_tokens, prompt_mask, pixel_values, row_grids, *, grids, group_size, max_len,
-             mesh):
+    Takes the model split (``nnx.split``) so tools can lower or time this
+    phase alone. Returns a cache of B*G rows and ``max_len`` slots holding the
+    prompts (row b*G+g = prompt b) and the next-token logits (B*G, vocab)
+    float32. Inputs are not validated here: ``sample_groups`` does that.
+    """
     model = nnx.merge(graphdef, state)
-    cache = model.init_cache(prompt_tokens.shape[0], max_len)
-    hidden, cache = model.hidden_states(
-        prompt_tokens, prompt_mask, pixel_values=pixel_values, image_grid_thw=grids if row_grids is None else row_grids,
-        cache=cache
-    )
+    cache = model.init_cache(prompts.tokens.shape[0], max_len)
+    hidden, cache = model.hidden_states(prompts.tokens, prompts.mask, pixel_values=prompts.pixel_values,
+                                        image_grid_thw=prompts.image_grid_thw, cache=cache)
     logits = model.logits(_lm_head_input(hidden[:, -1:]))[:, 0]
     return _constrain_rows((repeat_rows(cache, group_size), jnp.repeat(logits, group_size, axis=0)), mesh)
-
-
-def prefill_groups(
-    model: Qwen2VL,
-    prompt_tokens: jax.Array,
-    prompt_mask: jax.Array,
-    *,
-    group_size: int,
-    max_len: int,
-    pixel_values: jax.Array | None = None,
-    image_grid_thw: Sequence[Grid] = (),
-    mesh: Mesh | None = None,
-) -> tuple[KVCache, jax.Array]:
-    """Prefill each prompt once and share it with its group.
-
-    Returns a cache of B*G rows and ``max_len`` slots holding the prompts
-    (row b*G+g = prompt b) and the next-token logits (B*G, vocab) float32.
-    Inputs are not validated here: ``sample_groups`` does that.
-    """
-    graphdef, state = nnx.split(model)
-    grids, row_grids = _grid_arguments(pixel_values, image_grid_thw)
-    return _prefill(graphdef, state, prompt_tokens, prompt_mask, pixel_values, row_grids,
-                    grids=grids, group_size=group_size, max_len=max_len, mesh=mesh)
 
 
 @struct.dataclass
@@ -327,7 +284,13 @@ def narrow_text_weights(model: Qwen2VL) -> None:
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "config", "mesh"), donate_argnames=("cache",))
-def _decode(graphdef, state, cache, logits, key, *, config: SamplingConfig, mesh):
+def decode(graphdef: nnx.GraphDef, state: nnx.State, cache: KVCache, logits: jax.Array, key: jax.Array, *,
+           config: SamplingConfig, mesh: Mesh | None = None):
+    """Phase 2 of ``sample_groups`` (one jit, ``cache`` donated): every row decodes until done.
+
+    From ``prefill``'s cache and logits; returns ((tokens, mask, logprobs),
+    the cache). ``config`` must already hold every suppressed id.
+    """
     model = nnx.merge(graphdef, state)
     narrow_text_weights(model)
     rows, budget = logits.shape[0], config.max_new_tokens
@@ -368,7 +331,7 @@ def _decode(graphdef, state, cache, logits, key, *, config: SamplingConfig, mesh
     end = jax.lax.while_loop(not_finished, decode_step, start)
     mask = (jnp.arange(budget)[None, :] < end.lengths[:, None]).astype(jnp.int32)
     # Returning the cache lets XLA run the loop in the donated buffers instead of a copy.
-    return Rollout(tokens=end.tokens, mask=mask, lengths=end.lengths, logprobs=end.logprobs), end.cache
+    return (end.tokens, mask, end.logprobs), end.cache
 
 
 def _host_value(x) -> np.ndarray:
@@ -376,79 +339,72 @@ def _host_value(x) -> np.ndarray:
     return np.asarray(jax.device_get(x))
 
 
-def validate_inputs(model: Qwen2VL, prompt_tokens, prompt_mask, pixel_values, image_grid_thw, group_size, config) -> None:
+def validate_inputs(model: Qwen2VL, prompts: Prompts, group_size, config: SamplingConfig) -> None:
     """Raise ``ValueError`` with a clear message for inputs the sampler cannot run, before compiling."""
     if not isinstance(group_size, (int, np.integer)) or group_size < 1:
         raise ValueError(f"group_size must be an integer >= 1, got {group_size!r}")
     config.validate(model.config.text.vocab_size)
-    if len(prompt_tokens.shape) != 2 or tuple(prompt_tokens.shape) != tuple(prompt_mask.shape):
-        raise ValueError(f"prompt_tokens {prompt_tokens.shape} and prompt_mask {prompt_mask.shape} must be equal (B, P) shapes")
-    batch, length = prompt_tokens.shape
+    tokens, mask = prompts.tokens, prompts.mask
+    if len(tokens.shape) != 2 or tuple(tokens.shape) != tuple(mask.shape):
+        raise ValueError(f"prompt tokens {tokens.shape} and mask {mask.shape} must be equal (B, P) shapes")
+    batch, length = tokens.shape
     if batch < 1 or length < 1:
-        raise ValueError(f"empty prompt batch: prompt_tokens has shape {prompt_tokens.shape}")
+        raise ValueError(f"empty prompt batch: prompt tokens have shape {tokens.shape}")
     if config.max_cache_len is not None and length + config.max_new_tokens > config.max_cache_len:
         raise ValueError(f"prompt length {length} + max_new_tokens {config.max_new_tokens} exceeds "
                          f"max_cache_len {config.max_cache_len}")
-    if image_rows.is_rows(pixel_values):
-        if pixel_values.shape[0] != batch or tuple(np.shape(image_grid_thw)) != (batch, 3):
-            raise ValueError(f"one image per row: pixel_values {pixel_values.shape} and image_grid_thw "
-                             f"{np.shape(image_grid_thw)} need {batch} rows (B, L, patch_dim) and (B, 3)")
-        image_grid_thw = ()  # per-row grids are data: checked by the pipeline that made them
-    patches = sum(t * h * w for t, h, w in image_grid_thw)
-    if image_grid_thw and (pixel_values is None or pixel_values.shape[0] != patches):
-        got = None if pixel_values is None else pixel_values.shape
-        raise ValueError(f"image_grid_thw {tuple(image_grid_thw)} needs pixel_values of {patches} rows, got {got}")
-    real_per_row = _host_value(jnp.sum(jnp.asarray(prompt_mask) > 0, axis=1))
+    if prompts.row_grids is not None and not prompts.matches_grids():
+        raise ValueError(f"one image per row: pixel_values {getattr(prompts.pixel_values, 'shape', None)} and "
+                         f"row_grids {prompts.row_grids.shape} need {batch} rows (B, L, patch_dim) and (B, 3), "
+                         f"and no static grids (got {prompts.grids})")
+    if not prompts.matches_grids():
+        got = None if prompts.pixel_values is None else prompts.pixel_values.shape
+        patches = sum(t * h * w for t, h, w in prompts.grids)
+        raise ValueError(f"image grids {tuple(prompts.grids)} need pixel_values of {patches} rows, got {got}")
+    real_per_row = _host_value(jnp.sum(jnp.asarray(mask) > 0, axis=1))
     if np.any(real_per_row == 0):
         raise ValueError(f"empty prompt: rows {np.flatnonzero(real_per_row == 0).tolist()} have no real tokens")
-    if not bool(_host_value(jnp.all(jnp.asarray(prompt_mask)[:, -1] > 0))):
-        raise ValueError("prompts must be left-padded: the last column of prompt_mask must be 1 in every row")
+    if not bool(_host_value(jnp.all(jnp.asarray(mask)[:, -1] > 0))):
+        raise ValueError("prompts must be left-padded: the last column of the prompt mask must be 1 in every row")
 
 
 def sample_groups(
     model: Qwen2VL,
-    prompt_tokens: jax.Array,
-    prompt_mask: jax.Array,
+    prompts: Prompts,
     key: jax.Array,
     config: SamplingConfig,
     *,
     group_size: int,
-    pixel_values: jax.Array | None = None,
-    image_grid_thw: Sequence[Grid] = (),
     mesh: Mesh | None = None,
 ) -> Rollout:
     """Sample ``group_size`` completions for each of B prompts.
 
     Args:
       model: a ``Qwen2VL`` (sharded or not).
-      prompt_tokens, prompt_mask: (B, P) int, LEFT-padded (the data
-        pipeline's ``prompt_tokens`` / ``prompt_mask``).
+      prompts: ``Prompts`` (a pipeline batch's ``Batch.prompts()``): LEFT-padded
+        (B, P) tokens and mask, the images' patches and static grids.
       key: a PRNG key; the same key gives the same samples (on any mesh).
       config: a ``SamplingConfig``.
       group_size: G >= 1 samples per prompt.
-      pixel_values: (num_patches, patch_dim) patches of all images in batch
-        order, or None for text-only prompts; or (B, L, patch_dim), one image
-        per row in patch slots (native-resolution batches).
-      image_grid_thw: static (t, h, w) per image, in batch order; with
-        patch slots, the (B, 3) per-row grids (data: any mix of grids that
-        fits the slots shares one compile).
       mesh: if given, rows (B*G) are sharded over data+fsdp and KV heads over
         tensor; the model's parameters keep their own sharding.
 
     Returns a ``Rollout`` of B*G group-major rows (row b*G+g is sample g of
-    prompt b). Compiles once per (model graph, B, P, G, image grids (or slot length),
-    config, mesh); the sampling key and the weights are ordinary arguments.
+    prompt b) holding ``prompts``. Compiles once per (model graph, B, P, G,
+    image grids (or, for one image per row, the patch slot length), config,
+    mesh); the sampling key, the weights and per-row grids are ordinary
+    arguments.
     """
-    validate_inputs(model, prompt_tokens, prompt_mask, pixel_values, image_grid_thw, group_size, config)
-    placeholders = {model.config.image_token_id, model.config.video_token_id}
-    config = dataclasses.replace(config, suppress_tokens=tuple(sorted(set(config.suppress_tokens) | placeholders)))
-    max_len = prompt_tokens.shape[1] + config.max_new_tokens
-    graphdef, state = nnx.split(model)  # once for both jits (prefill_groups would split again)
-    grids, row_grids = _grid_arguments(pixel_values, image_grid_thw)
-    cache, logits = _prefill(graphdef, state, prompt_tokens, prompt_mask, pixel_values, row_grids,
-                             grids=grids, group_size=group_size, max_len=max_len, mesh=mesh)
-    rollout, _ = _decode(graphdef, state, cache, logits, key, config=config, mesh=mesh)
-    return rollout
+    prompts = prompts.replace(grids=static_grids(prompts.grids))
+    validate_inputs(model, prompts, group_size, config)
+    if config.suppress_placeholders:
+        placeholders = {model.config.image_token_id, model.config.video_token_id}
+        config = dataclasses.replace(config, suppress_tokens=tuple(sorted(set(config.suppress_tokens) | placeholders)))
+    max_len = prompts.tokens.shape[1] + config.max_new_tokens
+    graphdef, state = nnx.split(model)  # once for both jits
+    cache, logits = prefill(graphdef, state, prompts, group_size=group_size, max_len=max_len, mesh=mesh)
+    (tokens, mask, logprobs), _ = decode(graphdef, state, cache, logits, key, config=config, mesh=mesh)
+    return Rollout(prompts=prompts, tokens=tokens, mask=mask, logprobs=logprobs)
 
 
 def decode_completions(tokenizer, rollout: Rollout, skip_special_tokens: bool = True) -> list[str]:

@@ -10,6 +10,7 @@ rules to activations, under the mesh ``jax.set_mesh`` makes current.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from typing import Callable, Sequence
@@ -17,7 +18,10 @@ from typing import Callable, Sequence
 import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from geor_jax import config_fields
 
 # Metadata key on nnx.Param holding one logical axis name (or None) per dimension.
 LOGICAL_AXES = "logical_axes"
@@ -77,6 +81,38 @@ def initialize_distributed(
         kwargs = dict(coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id)
         jax.distributed.initialize(**{k: v for k, v in kwargs.items() if v is not None})
     return jax.process_index(), jax.process_count()
+
+
+def _mesh_size(size: int) -> str | None:
+    return None if size == -1 or size >= 1 else f"must be >= 1, or -1 for all remaining devices, got {size}"
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Mesh axis sizes (``make_mesh``); one may be -1: all remaining devices."""
+
+    data: int = config_fields.field(1, _mesh_size)
+    fsdp: int = config_fields.field(-1, _mesh_size)
+    tensor: int = config_fields.field(1, _mesh_size)
+
+    def __post_init__(self):
+        config_fields.check(self)
+        if [self.data, self.fsdp, self.tensor].count(-1) > 1:
+            raise config_fields.ConfigError("MeshConfig.fsdp", "at most one mesh axis size may be -1")
+
+    def sizes(self, num_devices: int) -> dict[str, int]:
+        """{axis: size} on ``num_devices`` devices, or ConfigError if they do not use them exactly."""
+        sizes = dataclasses.asdict(self)
+        known = math.prod(v for v in sizes.values() if v != -1)
+        sizes = {k: num_devices // known if v == -1 else v for k, v in sizes.items()}
+        if num_devices % known or math.prod(sizes.values()) != num_devices:
+            raise config_fields.ConfigError("MeshConfig.data", f"{dataclasses.asdict(self)} does not use exactly "
+                                            f"{num_devices} devices")
+        return sizes
+
+    def make(self, devices: Sequence[jax.Device] | None = None) -> Mesh:
+        """The mesh over ``devices`` (default: all)."""
+        return make_mesh(self.data, self.fsdp, self.tensor, devices)
 
 
 def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -159,20 +195,33 @@ def create_sharded_model(make_model: Callable[[], nnx.Module], mesh: Mesh, rules
     return nnx.merge(graphdef, state)
 
 
-def shard_model(model: nnx.Module, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> nnx.Module:
-    """Move an existing model's parameters onto ``mesh`` by the partition rules (in place)."""
-    state = nnx.state(model)
-    nnx.update(model, jax.device_put(state, state_shardings(state, mesh, rules)))
-    return model
-
-
 def to_host(x) -> np.ndarray:
     """A (possibly multi-host) global array's full value as NumPy, on every host."""
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        from jax.experimental import multihost_utils
-
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(x)
+
+
+def gather_strings(strings: Sequence[str]) -> list[str]:
+    """Every process's ``strings``, concatenated in process order, on every process.
+
+    The host-side counterpart of ``to_host`` for a batch's per-host strings
+    (ids, place names): UTF-8 bytes padded to the longest, gathered as one
+    uint8 array. A single process gets its own list back.
+    """
+    strings = [str(s) for s in strings]
+    if jax.process_count() == 1:
+        return strings
+    encoded = [s.encode("utf-8") for s in strings]
+    counts = multihost_utils.process_allgather(np.array([len(encoded), max(map(len, encoded), default=0)]))
+    rows, width = int(np.max(counts[:, 0])), max(int(np.max(counts[:, 1])), 1)
+    table, lengths = np.zeros((rows, width), np.uint8), np.zeros(rows, np.int32)
+    for i, data in enumerate(encoded):
+        table[i, :len(data)] = np.frombuffer(data, np.uint8)
+        lengths[i] = len(data)
+    tables, all_lengths = multihost_utils.process_allgather((table, lengths))
+    return [bytes(tables[p, i, :all_lengths[p, i]]).decode("utf-8")
+            for p in range(len(counts)) for i in range(int(counts[p, 0]))]
 
 
 def batch_sharding(mesh: Mesh, ndim: int, batch_axis: int = 0) -> NamedSharding:

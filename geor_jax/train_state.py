@@ -17,7 +17,7 @@ import optax
 from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
 
-from geor_jax import sharding
+from geor_jax import config_fields, sharding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,18 +25,22 @@ class OptimizerConfig:
     """AdamW with linear warmup, cosine decay and global-norm clipping.
 
     The defaults are the Geo-R GRPO script's (TRL-style): lr 1e-6, no weight
-    decay, clip 1.0. The paper's SFT uses lr 1e-5.
+    decay, clip 1.0. The paper's SFT uses lr 1e-5. ``total_steps`` (the end
+    of the cosine) is the run's step count, set by the run, not a config file.
     """
 
-    learning_rate: float = 1e-6
-    warmup_steps: int = 0
-    total_steps: int = 1000
-    final_learning_rate_fraction: float = 0.0
-    weight_decay: float = 0.0
-    b1: float = 0.9
-    b2: float = 0.999
-    eps: float = 1e-8
-    max_grad_norm: float | None = 1.0
+    learning_rate: float = config_fields.field(1e-6, config_fields.greater_than(0))
+    warmup_steps: int = config_fields.field(0, config_fields.at_least(0))
+    total_steps: int = config_fields.field(1000, config_fields.at_least(1))
+    final_learning_rate_fraction: float = config_fields.field(0.0, config_fields.between(0, 1))
+    weight_decay: float = config_fields.field(0.0, config_fields.at_least(0))
+    b1: float = config_fields.field(0.9, config_fields.between(0, 1))
+    b2: float = config_fields.field(0.999, config_fields.between(0, 1))
+    eps: float = config_fields.field(1e-8, config_fields.greater_than(0))
+    max_grad_norm: float | None = config_fields.field(1.0, config_fields.greater_than(0))  # None: no clipping
+
+    def __post_init__(self):
+        config_fields.check(self)
 
     def schedule(self) -> optax.Schedule:
         """Learning rate per update: 0 -> peak over warmup, cosine to the final fraction."""
@@ -133,14 +137,18 @@ def apply_gradients(state: TrainState, grads: Any, loss: jax.Array, optimizer: o
 
 
 def accumulate_gradients(
-    loss_fn: Callable[[Any, Any], tuple[jax.Array, dict]], params: Any, micro_batches: Any
+    loss_fn: Callable[[Any, Any], tuple[jax.Array, dict]], params: Any, micro_batches: Any,
+    metric_weights: jax.Array | None = None,
 ) -> tuple[jax.Array, Any, dict]:
     """Sum of losses and gradients over micro-batches stacked on a leading axis.
 
     ``loss_fn(params, micro_batch) -> (loss, metrics)`` must already weight
     its micro-batch by the whole batch's normaliser, so the sums equal one
     big batch's loss and gradient. Runs as a ``lax.scan``: memory holds one
-    micro-batch's activations. Metrics are averaged over micro-batches.
+    micro-batch's activations. Metrics are averaged over micro-batches with
+    ``metric_weights`` (num_micro_batches,), summing to 1; by default equally.
+    Per-token means need each micro-batch's share of the tokens
+    (``token_shares``) to equal the whole batch's.
     """
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -151,7 +159,15 @@ def accumulate_gradients(
 
     zeros = jax.tree.map(jnp.zeros_like, params)
     (loss, grads), metrics = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zeros), micro_batches)
-    return loss, grads, jax.tree.map(jnp.mean, metrics)
+    if metric_weights is None:
+        return loss, grads, jax.tree.map(jnp.mean, metrics)
+    return loss, grads, jax.tree.map(lambda m: jnp.sum(m * metric_weights.astype(m.dtype)), metrics)
+
+
+def token_shares(mask: jax.Array, num_micro_batches: int) -> jax.Array:
+    """Each micro-batch's share of the mask's tokens, (num_micro_batches,): weights for per-token metrics."""
+    per_micro = jnp.sum(mask.reshape(num_micro_batches, -1).astype(jnp.float32), axis=1)
+    return per_micro / jnp.maximum(jnp.sum(per_micro), 1.0)
 
 
 def split_micro_batches(tree: Any, num_micro_batches: int) -> Any:

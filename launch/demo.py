@@ -9,6 +9,7 @@
   .venv/bin/python launch/demo.py [--root=/tmp/geor_demo] [--sft_steps=300 --grpo_steps=60]
 """
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -20,9 +21,11 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from geor_jax import evaluate, rewards, sampling, sharding, train_loop
+from geor_jax import evaluate, rewards, sampling
 from geor_jax.data import demo_world, pipeline
 from geor_jax.data import tokenizer as tokenizer_lib
+from geor_jax.run import build, cli, loop
+from geor_jax.run import config as run_config
 
 _CONFIG_FILE = pathlib.Path(__file__).resolve().parents[1] / "configs" / "demo.py"
 _spec = importlib.util.spec_from_file_location("demo_config", _CONFIG_FILE)
@@ -38,11 +41,10 @@ _TRAIN_IMAGES, _TEST_IMAGES = 400, 64
 IMAGE_SIZES = ((112, 112), (84, 168), (168, 84))
 
 
-def stage_config(stage: str, root: str, steps: int | None):
-    """configs/demo.py for one stage, with every path under ``root``."""
+def stage_config(stage: str, root: str, steps: int | None) -> run_config.RunConfig:
+    """configs/demo.py for one stage, with every path under ``root``, resolved."""
     config = demo_config.get_config(stage)
     data_dir = os.path.join(root, "data")
-    config.data.data_dir = data_dir
     config.data.records_dir = os.path.join(data_dir, f"geo_cor_records/{_records_name('train')}/1.1.0")
     config.data.tokenizer_dir = os.path.join(data_dir, "demo_tokenizer")
     config.eval.records_dir = os.path.join(data_dir, f"geo_cor_records/{_records_name('test')}/1.1.0")
@@ -50,7 +52,7 @@ def stage_config(stage: str, root: str, steps: int | None):
         config.train.num_steps = steps
     if stage == "grpo":
         config.model.init_from = os.path.join(root, "sft", "hf")
-    return config
+    return run_config.resolve(config, jax.device_count())
 
 
 def _records_name(split: str) -> str:
@@ -72,11 +74,11 @@ def build_data(data_dir: str) -> None:
 def evaluate_checkpoint(config, hf_dir: str, mesh, samples: int = 4):
     """A stage's exported checkpoint on the held-out split: ((metrics, per-example) of greedy
     answers, mean reward of ``samples`` sampled answers per image at the GRPO temperature)."""
-    model, tokenizer = train_loop.load_policy(config, hf_dir, mesh)
-    metrics, per_example, _ = train_loop.evaluate_policy(config, model, tokenizer, mesh)
+    model, tokenizer = build.load_policy(config.model, hf_dir, config.data.tokenizer_dir, mesh)
     e = config.eval
-    data = train_loop.pipeline_config(config, e.records_dir, e.split, e.batch_size, train=False,
-                                      num_records=e.num_examples)
+    data = build.eval_pipeline(config.data, e.records_dir, e.split, e.batch_size)
+    metrics, per_example, _ = evaluate.evaluate_policy(model, tokenizer, data, e, mesh)
+    data = dataclasses.replace(data, num_records=e.num_examples or None)  # the records evaluate_policy read
     with jax.set_mesh(mesh):
         sampled = sampled_rewards(model, tokenizer, pipeline.make_iterator(data, mesh), config, mesh, samples)
     return (metrics, per_example), float(np.mean(sampled))
@@ -90,9 +92,8 @@ def sampled_rewards(model, tokenizer, batches, config, mesh, samples: int) -> np
     out = []
     for index, batch in enumerate(batches):
         a = batch.arrays
-        rollout = sampling.sample_groups(
-            model, a["prompt_tokens"], a["prompt_mask"], jax.random.key(index), sampling_config, group_size=samples,
-            pixel_values=a["pixel_values"], image_grid_thw=batch.image_grid_thw(), mesh=mesh)
+        rollout = sampling.sample_groups(model, batch.prompts(), jax.random.key(index), sampling_config,
+                                         group_size=samples, mesh=mesh)
         keep = np.repeat(np.asarray(a["example_mask"]) == 1, samples)
         scored = rewards.score_completions(sampling.decode_completions(tokenizer, rollout),
                                            np.repeat(np.asarray(a["lat"]), samples),
@@ -120,13 +121,13 @@ def main(argv):
     grpo_config = stage_config("grpo", root, _GRPO_STEPS.value)
 
     print("== 1/4 demo world records and tokenizer", flush=True)
-    build_data(sft_config.data.data_dir)
+    build_data(os.path.join(root, "data"))
     print(f"== 2/4 SFT on Chain-of-Region answers ({sft_config.train.num_steps} steps)", flush=True)
-    train_loop.run(sft_config, os.path.join(root, "sft"))
+    loop.run(sft_config, os.path.join(root, "sft"))
     print(f"== 3/4 GRPO with the Haversine reward ({grpo_config.train.num_steps} steps)", flush=True)
-    train_loop.run(grpo_config, os.path.join(root, "grpo"))
+    loop.run(grpo_config, os.path.join(root, "grpo"))
     print("== 4/4 evaluation on held-out demo images", flush=True)
-    mesh = sharding.make_mesh(**sft_config.mesh)
+    mesh = sft_config.mesh.make()
     results = {name: evaluate_checkpoint(sft_config, os.path.join(root, stage, "hf"), mesh)
                for name, stage in (("SFT", "sft"), ("SFT + GRPO", "grpo"))}
     runs = {name: greedy for name, (greedy, _) in results.items()}
@@ -149,4 +150,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.main(main)

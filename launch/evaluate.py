@@ -12,10 +12,13 @@ and predictions.csv (per image; ``tools/mine_hard.py --predictions`` reads it).
 
 import os
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from geor_jax import evaluate, sharding, train_loop
+from geor_jax import evaluate, sharding
+from geor_jax.run import build, cli
+from geor_jax.run import config as run_config
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file for mesh, data and eval settings.")
 _HF_DIR = flags.DEFINE_string("hf_dir", None, "HF checkpoint directory of the model to evaluate.")
@@ -27,11 +30,15 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # orbax and tfds log every step at INFO
-    config = _CONFIG.value
     sharding.initialize_distributed()
-    mesh = sharding.make_mesh(**config.mesh)
-    model, tokenizer = train_loop.load_policy(config, _HF_DIR.value, mesh)
-    metrics, per_example, ids = train_loop.evaluate_policy(config, model, tokenizer, mesh)
+    config = run_config.resolve(_CONFIG.value, jax.device_count())
+    mesh = config.mesh.make()
+    model, tokenizer = build.load_policy(config.model, _HF_DIR.value, config.data.tokenizer_dir, mesh)
+    e = config.eval
+    if not e.records_dir:
+        raise app.UsageError("--config.eval.records_dir: must be set to evaluate")
+    data = build.eval_pipeline(config.data, e.records_dir, e.split, e.batch_size)
+    metrics, per_example, ids = evaluate.evaluate_policy(model, tokenizer, data, e, mesh)
     report = evaluate.write_outputs(_OUTPUT_DIR.value, {_NAME.value: (metrics, per_example)},
                                     title=f"{_NAME.value} on {config.eval.split}")
     if ids is not None:
@@ -41,4 +48,4 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config", "hf_dir", "output_dir"])
-    app.run(main)
+    cli.main(main)

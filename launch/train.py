@@ -5,12 +5,18 @@ The same command on a laptop CPU, a TPU VM, every worker of a TPU pod
 
   .venv/bin/python launch/train.py --config=configs/demo.py:sft --workdir=/tmp/geor_demo/sft \\
       [--config.train.num_steps=100 ...]
+
+A config or usage error prints one line and exits with status 2, before
+anything is written to the workdir.
 """
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from geor_jax import sharding, train_loop
+from geor_jax import sharding
+from geor_jax.run import cli, loop
+from geor_jax.run import config as run_config
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (e.g. configs/demo.py:sft).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, logs and the exported HF checkpoint go here.")
@@ -24,9 +30,10 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # orbax and tfds log every step at INFO
     sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    train_loop.run(_CONFIG.value, _WORKDIR.value)
+    config = run_config.resolve(_CONFIG.value, jax.device_count())
+    loop.run(config, _WORKDIR.value)
 
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    cli.main(main)

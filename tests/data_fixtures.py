@@ -1,7 +1,11 @@
 """Helpers writing small collections in each real on-disk layout (for the data tests)."""
 
 import csv
+import io
 import os
+import pickle
+import tarfile
+import zipfile
 
 import numpy as np
 import PIL.Image
@@ -20,11 +24,59 @@ MP16_PRO_HEADER = PLACES365_HEADER + ["neighbourhood", "city", "county", "state"
                                       "country_code", "continent"]
 
 
-def write_jpeg(path: str, seed: int = 0, size=(64, 48)) -> None:
+def jpeg_bytes(seed: int = 0, size=(64, 48)) -> bytes:
     """A small random RGB JPEG (width, height = size)."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
     pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    PIL.Image.fromarray(pixels).save(path, quality=90)
+    out = io.BytesIO()
+    PIL.Image.fromarray(pixels).save(out, format="JPEG", quality=90)
+    return out.getvalue()
+
+
+def write_jpeg(path: str, seed: int = 0, size=(64, 48)) -> None:
+    """``jpeg_bytes`` written to ``path``."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(jpeg_bytes(seed, size))
+
+
+def write_tar(path: str, members: dict[str, bytes]) -> list[tarfile.TarInfo]:
+    """An uncompressed tar of ``members`` (name -> bytes); returns their TarInfos (offsets filled in)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    with tarfile.open(path) as tar:
+        return tar.getmembers()
+
+
+def split_file(path: str, prefix: str, num_chunks: int) -> list[str]:
+    """Cut ``path`` into ``num_chunks`` byte chunks ``<prefix>00``, ``<prefix>01``, ... and delete it."""
+    data = open(path, "rb").read()
+    bounds = np.linspace(0, len(data), num_chunks + 1).astype(int)
+    names = []
+    for i in range(num_chunks):
+        names.append(f"{prefix}{i:02d}")
+        with open(names[-1], "wb") as f:
+            f.write(data[bounds[i]:bounds[i + 1]])
+    os.remove(path)
+    return names
+
+
+def write_zip(path: str, members: dict[str, bytes]) -> None:
+    """A deflated zip of ``members`` (name -> bytes)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+
+
+def write_g3_tar_index(path: str, infos: list[tarfile.TarInfo]) -> None:
+    """MP16-Pro's tar_index.pkl as G3 writes it: base name -> TarInfo."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        pickle.dump({info.name.split("/")[-1]: info for info in infos}, f)
 
 
 def _write_csv(path, header, rows):
@@ -34,38 +86,90 @@ def _write_csv(path, header, rows):
         writer.writerows(rows)
 
 
-def write_layout(root: str, layout: str) -> list[str]:
-    """Write PLACES in ``layout``'s exact on-disk form under ``root``; returns the ids."""
-    ids = []
+_FOLDERS = {"generic": "photos", "mp16_pro": "mp-16-images", "im2gps3k": "im2gps3k_rgb_images",
+            "yfcc4k": "yfcc4k_rgb_images", "yfcc26k": "yfcc25600", "geoclip": "images"}
+_CSV_NAMES = {"generic": "images.csv", "mp16_pro": "MP16_Pro_places365.csv", "im2gps3k": "im2gps3k_places365.csv",
+              "yfcc4k": "yfcc4k_places365.csv", "yfcc26k": "yfcc25600_places365.csv", "geoclip": "images.csv"}
+
+
+def write_layout(root: str, layout: str, storage: str = "folder", csv_name: str | None = None,
+                 ) -> tuple[list[str], dict]:
+    """Write PLACES in ``layout``'s on-disk form under ``root``; returns (ids, extra build_records kwargs).
+
+    ``storage``: "folder" (loose files), "tar" (one tar), "tars" (two tars
+    named by --image_archives), "chunks" (one tar cut into 3 byte chunks, as
+    MP16-Pro ships it), "chunks+index" (the same plus G3's tar_index.pkl) or
+    "zip". Images are written only inside archives for every storage but
+    "folder".
+    """
+    ids, refs, members = [], [], {}
+    folder = _FOLDERS[layout]
     for i, (stem, lat, lon, cc) in enumerate(PLACES):
         if layout == "generic":
-            image_ref = f"photos/{stem}.jpg"
-            write_jpeg(os.path.join(root, image_ref), i)
-            ids.append(image_ref)
+            ref = f"photos/{stem}.jpg"
+            name = ref
         elif layout == "mp16_pro":
-            # IMG_ID is a two-level relative path; the unpacked tar keeps it flat with '_'.
-            image_ref = f"{i:02x}/a{i}/{1000 + i}_{stem}.jpg"
-            write_jpeg(os.path.join(root, "mp-16-images", image_ref.replace("/", "_")), i)
-            ids.append(image_ref)
+            ref = f"{i:02x}/a{i}/{1000 + i}_{stem}.jpg"  # a two-level IMG_ID; the tar keeps it flat with '_'
+            name = f"{folder}/{ref.replace('/', '_')}"
+        elif layout == "geoclip":
+            ref = f"{stem}.jpg"
+            name = f"{folder}/{ref}"
         else:
-            image_ref = f"{1000 + i}_{stem}_{i}_12345678@N00.jpg"
-            folder = {"im2gps3k": "im2gps3k_rgb_images", "yfcc4k": "yfcc4k_rgb_images"}[layout]
-            write_jpeg(os.path.join(root, folder, image_ref), i)
-            ids.append(image_ref)
+            ref = f"{1000 + i}_{stem}_{i}_12345678@N00.jpg"
+            name = f"{folder}/{ref}"
+        ids.append(ref)
+        refs.append(ref)
+        members[name] = jpeg_bytes(i)
+    extra = {}
+    if storage == "folder":
+        for name, data in members.items():
+            with_dirs = os.path.join(root, name)
+            os.makedirs(os.path.dirname(with_dirs), exist_ok=True)
+            with open(with_dirs, "wb") as f:
+                f.write(data)
+    elif storage == "tar":
+        write_tar(os.path.join(root, "mp-16-images.tar" if layout == "mp16_pro" else "images.tar"), members)
+        if layout != "mp16_pro":
+            extra["image_archives"] = ("images.tar",)
+    elif storage == "tars":
+        names = list(members)
+        write_tar(os.path.join(root, "shards", "part-0.tar"), {n: members[n] for n in names[:2]})
+        write_tar(os.path.join(root, "shards", "part-1.tar"), {n: members[n] for n in names[2:]})
+        extra["image_archives"] = ("shards/*.tar",)
+    elif storage.startswith("chunks"):
+        tar_path = os.path.join(root, "whole.tar")
+        infos = write_tar(tar_path, members)
+        split_file(tar_path, os.path.join(root, "mp-16-images"), 3)
+        if layout != "mp16_pro":
+            extra["image_chunks"] = ("mp-16-images[0-9][0-9]",)
+        if storage == "chunks+index":
+            write_g3_tar_index(os.path.join(root, "metadata", "tar_index.pkl"), infos)
+    elif storage == "zip":
+        name = {"im2gps3k": "im2gps3ktest.zip", "yfcc4k": "yfcc4k.zip", "yfcc26k": "yfcc25600.zip"}.get(layout,
+                                                                                                   "images.zip")
+        write_zip(os.path.join(root, name), members)
+        if name == "images.zip":
+            extra["image_archives"] = ("images.zip",)
+    else:
+        raise ValueError(storage)
+    csv_path = os.path.join(root, csv_name or _CSV_NAMES[layout])
+    os.makedirs(root, exist_ok=True)
     if layout == "generic":
-        _write_csv(os.path.join(root, "images.csv"), ["image_path", "lat", "lon"],
-                   [[ids[i], lat, lon] for i, (_, lat, lon, _) in enumerate(PLACES)])
+        _write_csv(csv_path, ["image_path", "lat", "lon"], [[refs[i], lat, lon] for i, (_, lat, lon, _) in
+                                                            enumerate(PLACES)])
+    elif layout == "geoclip":
+        _write_csv(csv_path, ["IMG_FILE", "LAT", "LON"], [[refs[i], lat, lon] for i, (_, lat, lon, _) in
+                                                          enumerate(PLACES)])
     elif layout == "mp16_pro":
-        _write_csv(os.path.join(root, "MP16_Pro_places365.csv"), MP16_PRO_HEADER,
-                   [[ids[i], "12345678@N00", lat, lon, 1, 7, 200, 0.1, 0.2, 0.7,
+        _write_csv(csv_path, MP16_PRO_HEADER,
+                   [[refs[i], "12345678@N00", lat, lon, 1, 7, 200, 0.1, 0.2, 0.7,
                      "", stem.title(), "", "Somestate", "", "Somecountry", cc.lower(), "Somecontinent"]
                     for i, (stem, lat, lon, cc) in enumerate(PLACES)])
     else:
-        name = {"im2gps3k": "im2gps3k_places365.csv", "yfcc4k": "yfcc4k_places365.csv"}[layout]
-        _write_csv(os.path.join(root, name), PLACES365_HEADER,
-                   [[ids[i], "12345678@N00", lat, lon, 2, 12, 353, 0.27, 0.05, 0.68]
+        _write_csv(csv_path, PLACES365_HEADER,
+                   [[refs[i], "12345678@N00", lat, lon, 2, 12, 353, 0.27, 0.05, 0.68]
                     for i, (_, lat, lon, _) in enumerate(PLACES)])
-    return ids
+    return ids, extra
 
 
 # Coordinates that need float64: float32 moves each point by 0.2-0.9 m.

@@ -1,4 +1,4 @@
-"""geor_jax.checkpoint: keep-K, exact resume after SIGKILL, corrupted latest, mesh change."""
+"""geor_jax.checkpoint: keep-K, exact resume after SIGKILL, damaged steps set aside, checksums, mesh change."""
 
 import logging
 import pathlib
@@ -41,7 +41,9 @@ def test_save_restore_keeps_last_k(tmp_path):
 
 
 def test_empty_directory_restores_nothing(tmp_path):
-    assert checkpoint.Checkpointer(str(tmp_path), save_every=1).restore_latest(toy_state()) is None
+    ckpt = checkpoint.Checkpointer(str(tmp_path), save_every=1)
+    assert ckpt.restore_latest(toy_state()) is None
+    ckpt.close()
 
 
 def test_bad_options():
@@ -49,22 +51,137 @@ def test_bad_options():
         checkpoint.Checkpointer("/tmp/unused", save_every=0)
 
 
-def test_corrupted_latest_falls_back_with_warning(tmp_path, caplog):
-    ckpt = checkpoint.Checkpointer(str(tmp_path), save_every=1, keep=3, async_save=False)
-    state = toy_state()
-    for step in (1, 2):
-        ckpt.save(step, jax.tree.map(lambda x: x + step, state))
-    ckpt.close()
-    # Truncate every data file of the newest checkpoint's state.
-    files = [f for f in (tmp_path / "2" / "state").rglob("*") if f.is_file() and f.stat().st_size > 0]
-    assert files
-    for f in files:
+def big_state(seed=0):
+    """Random (incompressible) arrays large enough that orbax stores their bytes as they are."""
+    key = jax.random.key(seed)
+    return {"params": {"w": jax.random.normal(key, (256, 64)), "b": jnp.arange(64, dtype=jnp.int32)},
+            "step": jnp.asarray(0, jnp.int32)}
+
+
+def data_files(step_dir: pathlib.Path) -> list[pathlib.Path]:
+    """The array data files of a saved step's state (orbax's OCDBT chunks)."""
+    return sorted(f for f in (step_dir / "state").rglob("d/*") if f.is_file())
+
+
+def truncate(step_dir):
+    for f in data_files(step_dir):
         f.write_bytes(f.read_bytes()[: f.stat().st_size // 3])
+
+
+def zero_length(step_dir):
+    for f in data_files(step_dir):
+        f.write_bytes(b"")
+
+
+def overwrite(step_dir):
+    """Flip bytes in the middle of the largest data file, keeping its size (no read error follows)."""
+    f = max(data_files(step_dir), key=lambda f: f.stat().st_size)
+    data = bytearray(f.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 64] = bytes(b ^ 0x5A for b in data[middle:middle + 64])
+    f.write_bytes(bytes(data))
+
+
+def damage_metadata(step_dir):
+    (step_dir / "state" / "_METADATA").write_text("{not json")
+
+
+def delete_state(step_dir):
+    import shutil
+
+    shutil.rmtree(step_dir / "state")
+
+
+DAMAGES = {"truncated": truncate, "zero_length": zero_length, "overwritten": overwrite,
+           "metadata": damage_metadata, "state_deleted": delete_state}
+
+
+def saved_steps(tmp_path, steps=(1, 2, 3)):
+    ckpt = checkpoint.Checkpointer(str(tmp_path), save_every=1, keep=5, async_save=False)
+    state = big_state()
+    for step in steps:
+        ckpt.save(step, jax.tree.map(lambda x: x + step, state), {"index": step})
+    ckpt.close()
+    return state
+
+
+def assert_state_of_step(restored, state, step):
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b) + step), restored, state)
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+def test_damaged_latest_is_set_aside_and_the_run_saves_on(tmp_path, damage, caplog):
+    state = saved_steps(tmp_path)
+    DAMAGES[damage](tmp_path / "3")
+    ckpt = checkpoint.Checkpointer(str(tmp_path), save_every=1, keep=5, async_save=False)
     with caplog.at_level(logging.WARNING):
-        step, restored, _ = checkpoint.Checkpointer(str(tmp_path), save_every=1).restore_latest(state)
-    assert step == 1
-    np.testing.assert_array_equal(np.asarray(restored["params"]["w"]), np.asarray(state["params"]["w"]) + 1)
-    assert "step 2 is unreadable" in caplog.text
+        step, restored, data = ckpt.restore_latest(state)
+    assert (step, data) == (2, {"index": 2})
+    assert_state_of_step(restored, state, 2)
+    assert "checkpoint step 3 is damaged" in caplog.text
+    # Kept for inspection under a name that is never restored; the run then saves step 3 again.
+    assert [(s.step, s.path) for s in ckpt.set_aside] == [(3, str(tmp_path / "damaged" / "3"))]
+    assert (tmp_path / "damaged" / "3").is_dir() and ckpt.steps == [1, 2]
+    assert ckpt.save(3, jax.tree.map(lambda x: x + 3, state), {"index": 3})
+    ckpt.close()
+    ckpt = checkpoint.Checkpointer(str(tmp_path), save_every=1)
+    step, restored, _ = ckpt.restore_latest(state)
+    ckpt.close()
+    assert step == 3
+    assert_state_of_step(restored, state, 3)
+
+
+def test_overwritten_bytes_are_caught_by_the_checksum(tmp_path):
+    state = saved_steps(tmp_path, steps=(1,))
+    overwrite(tmp_path / "1")
+    ckpt = checkpoint.Checkpointer(str(tmp_path), save_every=1)
+    assert ckpt.restore_latest(state) is None
+    ckpt.close()
+    assert "does not match the checksum" in ckpt.set_aside[0].reason
+
+
+def test_newest_two_damaged_restores_the_third(tmp_path):
+    state = saved_steps(tmp_path)
+    truncate(tmp_path / "3")
+    overwrite(tmp_path / "2")
+    ckpt = checkpoint.Checkpointer(str(tmp_path), save_every=1, keep=5)
+    step, restored, _ = ckpt.restore_latest(state)
+    ckpt.close()
+    assert step == 1 and [s.step for s in ckpt.set_aside] == [3, 2]
+    assert_state_of_step(restored, state, 1)
+
+
+def test_every_step_damaged_starts_afresh_and_keeps_them_all(tmp_path):
+    state = saved_steps(tmp_path)
+    for step, damage in zip((1, 2, 3), (zero_length, damage_metadata, delete_state)):
+        damage(tmp_path / str(step))
+    ckpt = checkpoint.Checkpointer(str(tmp_path), save_every=1)
+    assert ckpt.restore_latest(state) is None
+    ckpt.close()
+    assert ckpt.steps == [] and sorted(p.name for p in (tmp_path / "damaged").iterdir()) == ["1", "2", "3"]
+
+
+def test_a_step_damaged_twice_is_kept_twice(tmp_path):
+    state = saved_steps(tmp_path, steps=(1,))
+    for _ in range(2):
+        truncate(tmp_path / "1")
+        ckpt = checkpoint.Checkpointer(str(tmp_path), save_every=1, async_save=False)
+        assert ckpt.restore_latest(state) is None
+        ckpt.save(1, jax.tree.map(lambda x: x + 1, state), {"index": 1})
+        ckpt.close()
+    assert sorted(p.name for p in (tmp_path / "damaged").iterdir()) == ["1", "1.1"]
+
+
+def test_checksums_see_every_element_and_its_place():
+    x = jnp.arange(12, dtype=jnp.float32).reshape(3, 4)
+    base = checkpoint.state_checksums({"x": x})
+    assert checkpoint.state_checksums({"x": x.at[2, 3].set(11.000001)}) != base
+    assert checkpoint.state_checksums({"x": x.T.reshape(3, 4)}) != base  # same values, other places
+    bf16 = {"y": jnp.ones(5, jnp.bfloat16), "z": jnp.array([True, False]), "k": jnp.zeros((), jnp.uint32)}
+    assert set(checkpoint.state_checksums(bf16)) == {"['y']", "['z']", "['k']"}
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]).reshape(2, 4), ("a", "b"))
+    sharded = jax.device_put(jnp.tile(x, (2, 2)), NamedSharding(mesh, P("a", "b")))
+    assert checkpoint.state_checksums({"x": sharded}) == checkpoint.state_checksums({"x": jnp.tile(x, (2, 2))})
 
 
 def test_restore_onto_a_different_mesh(tmp_path):

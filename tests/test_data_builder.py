@@ -11,7 +11,7 @@ import PIL.Image
 import pytest
 
 from geor_jax import regions
-from geor_jax.data import builder, layouts
+from geor_jax.data import builder, layouts, rows
 from tests import data_fixtures
 
 
@@ -20,18 +20,28 @@ def _records(records_dir, split):
     return {r["id"].decode(): r for r in (source[i] for i in range(len(source)))}
 
 
-@pytest.mark.parametrize("layout", ["generic", "mp16_pro", "im2gps3k", "yfcc4k"])
-def test_each_layout_builds_cor_records(tmp_path, layout):
+LAYOUT_CASES = [  # (layout, where its images are, metadata CSV name)
+    ("generic", "folder", None), ("generic", "tars", None), ("generic", "zip", None),
+    ("mp16_pro", "folder", None), ("mp16_pro", "tar", "MP16_Pro_filtered.csv"), ("mp16_pro", "chunks", None),
+    ("mp16_pro", "chunks+index", "metadata/MP16_Pro_filtered.csv"),
+    ("im2gps3k", "folder", None), ("im2gps3k", "zip", None),
+    ("yfcc4k", "folder", None), ("yfcc4k", "zip", "yfcc25600_places365.csv"),
+    ("yfcc26k", "folder", None), ("geoclip", "folder", None), ("geoclip", "chunks", None),
+]
+
+
+@pytest.mark.parametrize("layout, storage, csv_name", LAYOUT_CASES)
+def test_each_layout_builds_cor_records(tmp_path, layout, storage, csv_name):
     manual = tmp_path / "manual"
-    ids = data_fixtures.write_layout(str(manual), layout)
-    records_dir, report = builder.build_records(layout, str(manual), str(tmp_path / "data"), num_workers=2)
-    split = "train" if layout in ("generic", "mp16_pro") else "test"
+    ids, extra = data_fixtures.write_layout(str(manual), layout, storage, csv_name)
+    records_dir, report = builder.build_records(layout, str(manual), str(tmp_path / "data"), num_workers=2, **extra)
+    split = "train" if layout in ("generic", "mp16_pro", "geoclip") else "test"
     assert report.written == len(ids) and report.num_bad == 0
     saved = json.load(open(os.path.join(records_dir, builder.REPORT_NAME)))
     assert saved["written"] == len(ids) and saved["split"] == split
     records = _records(records_dir, split)
     assert sorted(records) == sorted(ids)
-    for image_id, (stem, lat, lon, cc) in zip(ids, data_fixtures.PLACES):
+    for i, (image_id, (stem, lat, lon, cc)) in enumerate(zip(ids, data_fixtures.PLACES)):
         record = records[image_id]
         assert record["country_code"].decode() == cc
         assert record["lat"] == pytest.approx(lat) and record["lon"] == pytest.approx(lon)
@@ -40,15 +50,16 @@ def test_each_layout_builds_cor_records(tmp_path, layout):
         parsed = regions.parse_answer(answer)
         assert parsed.valid and parsed.lat == pytest.approx(lat, abs=1e-6)
         assert parsed.city == record["city"].decode()
-        image = PIL.Image.open(io.BytesIO(record["image"]))
-        assert image.format == "JPEG" and image.size == (64, 48)
+        assert record["image"] == data_fixtures.jpeg_bytes(i)  # the very bytes, read in place from the archive
         place = json.loads(record["source_place"].decode())
         if layout == "mp16_pro":
             assert place["city"] == stem.title() and place["country_code"] == cc.lower()
-        elif layout == "generic":
+        elif layout in ("generic", "geoclip"):
             assert place == {}
         else:
             assert place["S365_Label"] == "353"
+    if storage != "folder":  # nothing was extracted: no image file exists outside the archives
+        assert not [p for p in tmp_path.rglob("*") if p.suffix == ".jpg"]
 
 
 def _write_bad_collection(root):
@@ -90,7 +101,7 @@ def test_bad_rows_are_skipped_and_counted_per_reason(tmp_path, capsys):
     manual.mkdir()
     _write_bad_collection(str(manual))
     records_dir, report = builder.build_records("generic", str(manual), str(tmp_path / "data"),
-                                                max_bad_fraction=0.9, num_workers=2)
+                                                max_bad_fraction=0.9, max_missing_fraction=0.5, num_workers=2)
     assert report.bad == EXPECTED_BAD
     assert report.total_rows == 15 and report.written == 5
     assert "lat_lon_out_of_range: 2" in capsys.readouterr().out
@@ -106,8 +117,10 @@ def test_build_fails_past_bad_fraction_naming_examples(tmp_path):
     _write_bad_collection(str(manual))
     data_dir = tmp_path / "data"
     with pytest.raises(builder.BadRowsError) as error:
-        builder.build_records("generic", str(manual), str(data_dir), max_bad_fraction=0.25, num_workers=2)
-    assert str(error.value).startswith("too many bad rows: 10 of 15 skipped") and "\n" not in str(error.value)
+        builder.build_records("generic", str(manual), str(data_dir), max_bad_fraction=0.25, max_missing_fraction=0.5,
+                              num_workers=2)
+    assert str(error.value).startswith("too many bad rows: 9 of 15 malformed") and "\n" not in str(error.value)
+    assert "missing images" not in str(error.value)  # 1 of 15 without an image is within its own limit
     summary = error.value.report.summary()
     for reason, count in EXPECTED_BAD.items():
         if count:
@@ -151,7 +164,7 @@ def test_build_dataset_cli(tmp_path):
     assert failed.returncode == 2 and "image_unreadable: 2" in failed.stdout  # the report
     assert [line for line in failed.stderr.splitlines() if line.startswith("build failed: too many bad rows")]
     ok = subprocess.run([sys.executable, tool, f"--manual_dir={manual}", f"--data_dir={tmp_path / 'ok'}",
-                         "--max_bad_fraction=0.9", "--max_long_side=32"],
+                         "--max_bad_fraction=0.9", "--max_missing_fraction=0.1", "--max_long_side=32"],
                         cwd=root, env=env, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert "5 written" in ok.stdout and "generic_max32" in ok.stdout
@@ -230,19 +243,19 @@ def test_undecodable_bytes_skip_the_row_under_their_own_reason(tmp_path):
 @pytest.mark.parametrize("text", ["3_5", "1_000.5", "٣٥", "３５", "0x1A", "0x1p3", "inf", "-Infinity", "nan(1)",
                                   "1e", "e5", ".", "+-1", "1.2.3", "35.6N", "1,5", "− 5", "1 5"])
 def test_numbers_parse_strictly(text):
-    assert builder.parse_coordinates(text, "10")[0] == "lat_lon_not_numeric"
-    assert builder.parse_coordinates("10", text)[0] == "lat_lon_not_numeric"
+    assert rows.parse_coordinates(text, "10")[0] == "lat_lon_not_numeric"
+    assert rows.parse_coordinates("10", text)[0] == "lat_lon_not_numeric"
 
 
 @pytest.mark.parametrize("text, value", [("35", 35.0), ("-35.5", -35.5), ("+35.5", 35.5), (".5", 0.5), ("5.", 5.0),
                                          ("3.5e1", 35.0), ("35E-1", 3.5), (" 12.25 ", 12.25), ("-0", 0.0)])
 def test_plain_decimal_and_exponent_numbers_parse(text, value):
-    assert builder.parse_coordinates(text, text) == (value, value)
+    assert rows.parse_coordinates(text, text) == (value, value)
 
 
 def test_overflowing_number_is_out_of_range_and_nan_is_missing():
-    assert builder.parse_coordinates("1e999", "0")[0] == "lat_lon_out_of_range"
-    assert builder.parse_coordinates("NaN", "0")[0] == "lat_lon_missing"
+    assert rows.parse_coordinates("1e999", "0")[0] == "lat_lon_out_of_range"
+    assert rows.parse_coordinates("NaN", "0")[0] == "lat_lon_missing"
 
 
 @pytest.mark.parametrize("chunk_size", [1, 2048])
@@ -290,3 +303,95 @@ def test_build_dataset_cli_prints_one_line_for_bad_input(tmp_path, data):
     assert result.returncode == 2, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("build failed:")]
     assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+
+
+def _im2gps3k_rows(manual, header, count=40):
+    """An IM2GPS3K CSV of ``count`` world-spread places (every image present), ``LAT,LON`` or ``LON,LAT`` named."""
+    rng = np.random.default_rng(0)
+    lat, lon = rng.uniform(-60, 70, count).tolist(), rng.uniform(-179, 179, count).tolist()
+    lon[:2] = [139.7, -74.0]  # some |lon| > 90 for sure
+    manual.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(count):
+        name = f"{i}.jpg"
+        data_fixtures.write_jpeg(str(manual / "im2gps3k_rgb_images" / name), i, size=(16, 16))
+        rows.append(f"{name},author,{lat[i]!r},{lon[i]!r},1,2,3,0.1,0.2,0.7")
+    (manual / "im2gps3k_places365.csv").write_text(header + "\n" + "\n".join(rows) + "\n")
+    return dict(zip((f"{i}.jpg" for i in range(count)), zip(lat, lon)))
+
+
+def test_swapped_lat_lon_header_is_named_and_the_column_flags_fix_it(tmp_path):
+    """An older im2gps3k_places365.csv labels its columns LON,LAT over latitude-first values."""
+    manual = tmp_path / "manual"
+    truth = _im2gps3k_rows(manual, "IMG_ID,AUTHOR,LON,LAT,S3_Label,S16_Label,S365_Label,Prob_indoor,Prob_natural,"
+                                   "Prob_urban")
+    with pytest.raises(builder.BadRowsError) as error:
+        builder.build_records("im2gps3k", str(manual), str(tmp_path / "data"), max_bad_fraction=1.0, num_workers=0)
+    message = str(error.value)
+    assert message.startswith("latitude and longitude look swapped") and "\n" not in message
+    assert "--lat_column=LON --lon_column=LAT" in message
+    records_dir, report = builder.build_records("im2gps3k", str(manual), str(tmp_path / "data"),
+                                                lat_column="LON", lon_column="LAT", num_workers=0)
+    assert report.written == len(truth) and report.num_bad == 0
+    records = _records(records_dir, "test")
+    for name, (lat, lon) in truth.items():
+        assert float(records[name]["lat"]) == lat and float(records[name]["lon"]) == lon
+
+
+def test_a_correct_header_with_a_few_bad_latitudes_is_not_called_swapped(tmp_path):
+    manual = tmp_path / "manual"
+    _im2gps3k_rows(manual, ",".join(data_fixtures.PLACES365_HEADER))
+    csv_path = manual / "im2gps3k_places365.csv"
+    lines = csv_path.read_text().splitlines()
+    lines[1] = lines[1].replace(lines[1].split(",")[2], "95.5", 1)
+    csv_path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(builder.BadRowsError, match="^too many bad rows: 1 of 40 malformed"):
+        builder.build_records("im2gps3k", str(manual), str(tmp_path / "data"))
+
+
+def test_missing_images_have_their_own_limit(tmp_path):
+    """MP16-Pro lists ~11% more rows than it ships images: within mp16_pro's limit (15%), past a 1% one."""
+    manual = tmp_path / "manual"
+    members = {f"mp-16-images/{i:02x}_a_{i}.jpg": data_fixtures.jpeg_bytes(i, (16, 16)) for i in range(89)}
+    data_fixtures.write_tar(str(manual / "mp-16-images.tar"), members)
+    refs = [f"{i:02x}/a/{i}.jpg" for i in range(100)]  # the last 11 have no image in the tar
+    with open(manual / "MP16_Pro_filtered.csv", "w") as f:
+        f.write("IMG_ID,LAT,LON\n" + "".join(f"{ref},35.0,139.0\n" for ref in refs))
+    _, report = builder.build_records("mp16_pro", str(manual), str(tmp_path / "data"), num_workers=0)
+    assert report.written == 89 and report.bad["image_missing"] == 11 and report.num_malformed == 0
+    assert report.examples["image_missing"][0].startswith("row 90 (id '59/a/89.jpg'): no image for '59/a/89.jpg'")
+    with pytest.raises(builder.BadRowsError) as error:
+        builder.build_records("mp16_pro", str(manual), str(tmp_path / "strict"), max_missing_fraction=0.01)
+    assert str(error.value).startswith("too many missing images: 11 of 100 rows have no image (11.00% > limit 1.00%")
+    assert "bad rows" not in str(error.value)  # missing images are not malformed rows
+
+
+def test_missing_metadata_csv_is_one_line_naming_every_name_looked_for(tmp_path):
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    data_fixtures.write_zip(str(tmp_path / "yfcc4k.zip"), {"yfcc4k/1.jpg": data_fixtures.jpeg_bytes(0)})
+    result = subprocess.run([sys.executable, os.path.join(root, "tools", "build_dataset.py"), "--layout=yfcc4k",
+                             f"--manual_dir={tmp_path}", f"--data_dir={tmp_path / 'data'}"],
+                            cwd=root, env={**os.environ, "PYTHONPATH": root}, capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("build failed:")]
+    assert "no yfcc4k metadata CSV" in line
+    assert "'yfcc4k_places365.csv', 'yfcc25600_places365.csv'" in line
+
+
+def test_generic_csv_with_column_mapping(tmp_path):
+    manual = tmp_path / "manual"
+    for i, (stem, _, _, _) in enumerate(data_fixtures.PLACES):
+        data_fixtures.write_jpeg(str(manual / "pics" / f"{stem}.jpg"), i)
+    (manual / "photos.csv").write_text("key,picture,y,x\n" + "".join(
+        f"k{i},pics/{stem}.jpg,{lat},{lon}\n" for i, (stem, lat, lon, _) in enumerate(data_fixtures.PLACES)))
+    with pytest.raises(layouts.LayoutError, match="missing image, lat, lon"):
+        builder.build_records("generic", str(manual), str(tmp_path / "data"), csv_path="photos.csv")
+    records_dir, report = builder.build_records(
+        "generic", str(manual), str(tmp_path / "data"), csv_path="photos.csv", id_column="key",
+        image_column="picture", lat_column="y", lon_column="x")
+    records = _records(records_dir, "train")
+    assert sorted(records) == [f"k{i}" for i in range(5)] and report.written == 5
+    assert [float(records[f"k{i}"]["lat"]) for i in range(5)] == [p[1] for p in data_fixtures.PLACES]

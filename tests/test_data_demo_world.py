@@ -1,7 +1,8 @@
-"""The embedded demo world: fast, deterministic, location-dependent, builds into CoR records."""
+"""The embedded demo world: deterministic, location-dependent, builds into CoR records.
+
+Its build time is measured in tools/bench/demo_world.py."""
 
 import csv
-import time
 
 import numpy as np
 import PIL.Image
@@ -9,10 +10,8 @@ import PIL.Image
 from geor_jax.data import builder, demo_world
 
 
-def test_demo_world_is_fast_deterministic_and_location_dependent(tmp_path):
-    start = time.perf_counter()
+def test_demo_world_is_deterministic_and_location_dependent(tmp_path):
     csv_path = demo_world.make_demo_world(str(tmp_path / "a"), num_images=120, seed=3)
-    assert time.perf_counter() - start < 30  # a few hundred take seconds; generous for shared CI
     rows = list(csv.DictReader(open(csv_path)))
     assert len(rows) == 120 and set(rows[0]) == {"id", "image_path", "lat", "lon"}
     demo_world.make_demo_world(str(tmp_path / "b"), num_images=120, seed=3)

@@ -40,9 +40,11 @@ def test_batch_format_masks_and_image_pads(setup):
     assert batch.grid_thw == (1, 16, 16)
     n_tokens = patches.num_image_tokens(batch.grid_thw)
     assert a["pixel_values"].shape == (B * 256, 1176) and a["pixel_values"].dtype == np.float32
-    assert a["prompt_tokens"].shape == (B, P) and a["tokens"].shape == (B, P + T)
-    assert all(a[k].dtype == np.int32 for k in ("prompt_tokens", "prompt_mask", "tokens", "loss_mask"))
-    np.testing.assert_array_equal(a["image_grid_thw"], np.tile([1, 16, 16], (B, 1)))
+    assert set(a) == set(pipeline.DEVICE_KEYS)
+    assert a["prompt_tokens"].shape == (B, P) and a["target_tokens"].shape == (B, T)
+    assert all(a[k].dtype == np.int32 for k in ("prompt_tokens", "prompt_mask", "target_tokens", "target_mask"))
+    prompts_ = batch.prompts()
+    assert prompts_.grids == ((1, 16, 16),) * B and prompts_.tokens is a["prompt_tokens"]
     source = builder.open_records(records_dir, "train")
     by_id = {source[i]["id"].decode(): source[i] for i in range(len(source))}
     for row in range(B):
@@ -57,10 +59,9 @@ def test_batch_format_masks_and_image_pads(setup):
         record = by_id[batch.host["id"][row]]
         assert tok.decode(target) == record["answer"].decode() + "<|im_end|>"
         assert batch.host["answer"][row] == record["answer"].decode()
-        # Loss only on target tokens, which sit right after the prompt.
-        np.testing.assert_array_equal(a["loss_mask"][row, :P], 0)
-        np.testing.assert_array_equal(a["loss_mask"][row, P:], a["target_mask"][row])
-        np.testing.assert_array_equal(a["tokens"][row, P:], a["target_tokens"][row])
+        # Targets are right-padded: the loss sees only the answer and its end token.
+        length = int(a["target_mask"][row].sum())
+        assert a["target_mask"][row, :length].all() and not a["target_mask"][row, length:].any()
         assert a["lat"][row] == pytest.approx(record["lat"], abs=1e-4)
         # Patches are this record's image.
         image = np.asarray(PIL.Image.open(io.BytesIO(record["image"])).convert("RGB"))
@@ -118,10 +119,10 @@ def test_buckets_follow_the_batch_aspect_ratio(setup, tmp_path):
     assert batch.grid_thw == (1, 12, 24)
     assert batch.arrays["pixel_values"].shape == (2 * 12 * 24, 1176)
     assert (batch.arrays["prompt_tokens"][0] == tok.special_ids.image_pad).sum() == 72
-    with pytest.raises(ValueError, match="multiples of 28"):
-        pipeline.check_config(_config(setup, buckets=((224, 200),)))
+    with pytest.raises(ValueError, match=r"PipelineConfig.buckets: \(224, 200\): sides must be positive multiples .* 28"):
+        _config(setup, buckets=((224, 200),))
     with pytest.raises(ValueError, match="max_prompt_len"):
-        pipeline.check_config(_config(setup, max_prompt_len=64))
+        pipeline.check_prompt_lengths(_config(setup, max_prompt_len=64))
 
 
 @pytest.mark.parametrize("resize", ["bucket", "native"])
@@ -204,7 +205,7 @@ def test_native_batches_hold_each_image_as_the_processor_sizes_it(setup, sized_r
     batch = next(iterator)
     a = batch.arrays
     slot = a["pixel_values"].shape[1]
-    assert batch.grid_thw is None and slot in iterator.slots and batch.image_grid_thw() is a["image_grid_thw"]
+    assert batch.grid_thw is None and slot in iterator.slots and batch.prompts().row_grids is a["image_grid_thw"]
     assert a["prompt_tokens"].shape[1] == template.length(slot // 4)
     for row in range(4):
         image = PIL.Image.open(io.BytesIO(by_id[batch.host["id"][row]]["image"]))
@@ -262,6 +263,4 @@ def test_pad_native_batch_widens_slots_and_left_pads_prompts(setup, sized_record
     assert wide["pixel_values"].shape[1] == slot + 8 and not wide["pixel_values"][:, slot:].any()
     np.testing.assert_array_equal(wide["prompt_tokens"][:, 3:], host["prompt_tokens"])
     assert (wide["prompt_tokens"][:, :3] == tok.special_ids.pad).all() and not wide["prompt_mask"][:, :3].any()
-    np.testing.assert_array_equal(wide["tokens"][:, 3:], host["tokens"])
-    np.testing.assert_array_equal(wide["loss_mask"][:, 3:], host["loss_mask"])
     np.testing.assert_array_equal(wide["target_tokens"], host["target_tokens"])

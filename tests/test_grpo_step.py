@@ -1,22 +1,25 @@
-"""geor_jax.grpo step: exact micro-batching, shared prompt == full forward, passes, learning, one compile."""
+"""geor_jax.grpo step: equal to grpo_loss computed directly under each of its settings (aggregations, beta,
+clip-higher, Dr. GRPO length, micro-batches, shared prompt), passes, learning, sharding, one compile."""
 
 import contextlib
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 
 import compile_counter
 import tiny_policy
 from geor_jax import checkpoint, geo, grpo, logprobs, sharding, train_state
+from geor_jax.rollout import Prompts, Rollout
 
 G = 3
 SGD = optax.sgd(1.0)  # param differences = gradient differences
 CONFIG = grpo.GRPOConfig(group_size=G, beta=0.04, temperature=0.9)
-GRAPHDEF = train_state.create_train_state(tiny_policy.model(), SGD, jax.random.key(0))[0]
 
 
 def fresh_state():
@@ -34,12 +37,34 @@ def make_rollout(seed=0):
     ref_logp = policy_logp + 0.2 * rng.normal(size=policy_logp.shape)
     rewards = jnp.asarray(rng.uniform(size=2 * G), jnp.float32)
     advantages, _ = grpo.group_advantages(rewards, G)
-    return grpo.Rollout(prompts, completions, mask, jnp.float32(old_logp), advantages, jnp.float32(ref_logp))
+    return Rollout(prompts, completions, mask, jnp.float32(old_logp), advantages, jnp.float32(ref_logp))
 
 
-ROLLOUT = make_rollout()
-WHOLE_STEP = grpo.make_grpo_step(GRAPHDEF, SGD, CONFIG)
-WHOLE, WHOLE_METRICS = WHOLE_STEP(fresh_state(), ROLLOUT)
+# Module-scoped fixtures, built on first use (not at import): the model
+# structure, one rollout, one jitted step per config (the tests share its
+# compile) and the default config's step.
+
+
+@pytest.fixture(scope="module")
+def graphdef():
+    return train_state.create_train_state(tiny_policy.model(), SGD, jax.random.key(0))[0]
+
+
+@pytest.fixture(scope="module")
+def rollout():
+    return make_rollout()
+
+
+@pytest.fixture(scope="module")
+def step_for(graphdef):
+    """``step_for(config)``: the jitted SGD step of ``config``, built once per config."""
+    return functools.cache(lambda config: grpo.make_grpo_step(graphdef, SGD, config))
+
+
+@pytest.fixture(scope="module")
+def whole(step_for, rollout):
+    """(state, metrics) after one default-config step from the fresh state."""
+    return step_for(CONFIG)(fresh_state(), rollout)
 
 
 def assert_params_close(a, b, atol=2e-5):
@@ -47,52 +72,139 @@ def assert_params_close(a, b, atol=2e-5):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol)
 
 
-def test_loss_is_grpo_loss_of_the_policy_logprobs():
-    logp = logprobs.continuation_logprobs(
-        tiny_policy.model(), ROLLOUT.prompts, ROLLOUT.completions, ROLLOUT.completion_mask, group_size=G,
-        temperature=CONFIG.temperature,
-    )
-    expected, metrics = grpo.grpo_loss(
-        logp, ROLLOUT.old_logp, ROLLOUT.ref_logp, ROLLOUT.advantages, ROLLOUT.completion_mask, beta=CONFIG.beta
-    )
-    assert float(WHOLE_METRICS["loss"]) == pytest.approx(float(expected), rel=1e-5)
-    assert float(WHOLE_METRICS["kl"]) == pytest.approx(float(metrics["kl"]), rel=1e-4)
-    assert 0 < float(WHOLE_METRICS["clip_fraction"]) < 1
-    assert float(WHOLE_METRICS["completion_length"]) == float(ROLLOUT.completion_mask.sum()) / (2 * G)
-    assert int(WHOLE.step) == 1
+def loss_settings(config: grpo.GRPOConfig) -> dict:
+    """The ``grpo_loss`` keywords that ``config`` sets."""
+    return dict(clip_eps=config.clip_eps, clip_eps_high=config.clip_eps_high, beta=config.beta,
+                aggregation=config.aggregation, max_length=config.max_completion_length)
 
 
-def test_micro_batches_give_the_same_update():
-    config = dataclasses.replace(CONFIG, num_micro_batches=2)
-    micro, metrics = grpo.make_grpo_step(GRAPHDEF, SGD, config)(fresh_state(), ROLLOUT)
-    assert float(metrics["loss"]) == pytest.approx(float(WHOLE_METRICS["loss"]), rel=1e-5)
-    assert_params_close(micro, WHOLE)
+def rollout_for(rollout, config: grpo.GRPOConfig):
+    """``rollout`` as a run of ``config`` builds it: no reference log-probs when beta == 0."""
+    return rollout if config.beta else dataclasses.replace(rollout, ref_logprobs=None)
 
 
-def test_shared_prompt_update_equals_full_forwards():
-    config = dataclasses.replace(CONFIG, shared_prompt=False)
-    full, metrics = grpo.make_grpo_step(GRAPHDEF, SGD, config)(fresh_state(), ROLLOUT)
-    assert float(metrics["loss"]) == pytest.approx(float(WHOLE_METRICS["loss"]), rel=1e-5)
-    assert_params_close(full, WHOLE)
+@pytest.fixture(scope="module")
+def policy(graphdef, rollout):
+    """``(logp, grad_of)``: the fresh policy's log-probs of the rollout (G full forwards) and ``grad_of(cotangent)``,
+    their vector-Jacobian product in the params (jax.vjp; one jit that every setting shares)."""
+    params = fresh_state().params
+
+    def policy_logp(params):
+        return logprobs.continuation_logprobs(
+            nnx.merge(graphdef, params), rollout.prompts, rollout.tokens, rollout.mask,
+            group_size=G, temperature=CONFIG.temperature,
+        )
+
+    @jax.jit
+    def logp_and_pullback(params, cotangent):
+        logp, pullback = jax.vjp(policy_logp, params)
+        return logp, pullback(cotangent)[0]
+
+    logp, _ = logp_and_pullback(params, jnp.zeros(rollout.tokens.shape, jnp.float32))
+    return logp, lambda cotangent: logp_and_pullback(params, cotangent)[1]
 
 
-def test_reference_logprobs_and_beta_zero():
-    reference = grpo.make_reference_logprobs(GRAPHDEF, CONFIG)
+def direct_loss(logp, rollout, config: grpo.GRPOConfig, rows=slice(None)):
+    """``grpo_loss`` of the rollout's ``rows`` under ``config``'s settings, and its diagnostics."""
+    r = rollout_for(rollout, config)
+    ref_logp = None if r.ref_logprobs is None else r.ref_logprobs[rows]
+    return grpo.grpo_loss(logp[rows], r.logprobs[rows], ref_logp, r.advantages[rows], r.mask[rows],
+                          **loss_settings(config))
+
+
+def direct(policy, rollout, config: grpo.GRPOConfig):
+    """``(loss, metrics, grads)`` computed without the step: ``direct_loss`` and its gradient in the params,
+    jax.grad by the chain rule (d loss / d logp by jax.grad, pulled back through the policy's log-probs)."""
+    logp, grad_of = policy
+    (loss, metrics), cotangent = jax.value_and_grad(lambda lp: direct_loss(lp, rollout, config), has_aux=True)(logp)
+    return float(loss), metrics, grad_of(cotangent)
+
+
+# The step under its settings: every aggregation with beta > 0 and beta 0, clip-higher, Dr. GRPO's
+# constant length, 1 and 2 micro-batches, shared prompt and full forwards, in 6 compiles.
+SETTINGS = {
+    "token-mean": {},
+    "token-mean/beta0": dict(beta=0.0),
+    "sequence-mean/clip-high": dict(aggregation="sequence-mean-token-mean", clip_eps_high=0.28),
+    "sequence-mean/beta0/micro2": dict(aggregation="sequence-mean-token-mean", beta=0.0, num_micro_batches=2),
+    "dr-grpo/max-length/micro2": dict(aggregation="dr-grpo", max_completion_length=8, num_micro_batches=2),
+    "dr-grpo/beta0/clip-high/full-forwards": dict(aggregation="dr-grpo", beta=0.0, clip_eps_high=0.28,
+                                                  shared_prompt=False),
+}
+
+
+def settings_dropped(config: grpo.GRPOConfig) -> dict[str, grpo.GRPOConfig]:
+    """``config`` with each of its loss settings reverted to what a step that ignored it would use."""
+    dropped = {"beta": dataclasses.replace(config, beta=0.0 if config.beta else CONFIG.beta)}
+    if config.aggregation != "token-mean":
+        dropped["aggregation"] = dataclasses.replace(config, aggregation="token-mean")
+    if config.clip_eps_high is not None:
+        dropped["clip_eps_high"] = dataclasses.replace(config, clip_eps_high=None)
+    if config.max_completion_length is not None:
+        dropped["max_completion_length"] = dataclasses.replace(config, max_completion_length=None)
+    return dropped
+
+
+def per_micro_batch_loss(logp, rollout, config: grpo.GRPOConfig) -> float:
+    """The loss if each micro-batch were normalised on its own (not by the whole rollout's weights)."""
+    rows = rollout.tokens.shape[0] // config.num_micro_batches
+    return sum(float(direct_loss(logp, rollout, config, slice(i * rows, (i + 1) * rows))[0])
+               for i in range(config.num_micro_batches))
+
+
+LOSS_ATOL = 1e-6  # float32 weighted sums of 15 O(1) per-token terms (losses cancel to 1e-3 in places)
+GRAD_TOL = 1e-4  # of the gradient's largest entry: f32 params of O(1) minus their update
+
+
+def max_difference(a, b) -> float:
+    return max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+@pytest.mark.parametrize("settings", SETTINGS.values(), ids=SETTINGS)
+def test_step_is_grpo_loss_of_the_policy_logprobs_under_its_settings(settings, step_for, rollout, policy):
+    """The step's loss and its SGD(lr=1) update equal ``grpo_loss`` and its gradient computed directly."""
+    config = dataclasses.replace(CONFIG, **settings)
+    loss, metrics, grads = direct(policy, rollout, config)
+    grad_scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grads))
+    # Teeth: a step that ignored any one of these settings would report another loss and update.
+    for name, other in settings_dropped(config).items():
+        other_loss, _, other_grads = direct(policy, rollout, other)
+        assert abs(other_loss - loss) > 100 * LOSS_ATOL, name
+        assert max_difference(other_grads, grads) > 10 * GRAD_TOL * grad_scale, name
+    if config.num_micro_batches > 1:
+        assert abs(per_micro_batch_loss(policy[0], rollout, config) - loss) > 100 * LOSS_ATOL
+    assert 0 < float(metrics["clip_fraction"]) < 1  # ratios on both sides of the clip
+
+    before = fresh_state().params  # an equal copy: the step donates its state
+    state, step_metrics = step_for(config)(fresh_state(), rollout_for(rollout, config))
+    assert float(step_metrics["loss"]) == pytest.approx(loss, abs=LOSS_ATOL)
+    update = jax.tree.map(jnp.subtract, before, state.params)
+    assert max_difference(update, grads) <= GRAD_TOL * grad_scale
+    assert int(state.step) == 1
+    assert float(step_metrics["completion_length"]) == float(rollout.mask.sum()) / (2 * G)
+    assert ("kl" in step_metrics) == (config.beta != 0)
+    for key in metrics:  # token means over the whole rollout, micro-batches or not
+        assert float(step_metrics[key]) == pytest.approx(float(metrics[key]), rel=1e-4), key
+
+
+def test_reference_logprobs_and_beta_zero(graphdef, step_for, rollout):
+    step = step_for(CONFIG)
+    reference = grpo.make_reference_logprobs(graphdef, CONFIG)
     state = fresh_state()
     ref_params = grpo.reference_params(state.params, CONFIG)
     assert grpo.reference_params(state.params, dataclasses.replace(CONFIG, beta=0.0)) is None
-    WHOLE_STEP(state, ROLLOUT)  # donates state's buffers; the reference copy survives
-    ref = reference(ref_params, ROLLOUT.prompts, ROLLOUT.completions, ROLLOUT.completion_mask)
-    on_policy = dataclasses.replace(ROLLOUT, old_logp=ref, ref_logp=ref)
+    step(state, rollout)  # donates state's buffers; the reference copy survives
+    ref = reference(ref_params, rollout)
+    on_policy = dataclasses.replace(rollout, logprobs=ref, ref_logprobs=ref)
     # Reference = policy = sampler: ratio 1, KL 0, loss = -mean advantage per token.
-    _, metrics = WHOLE_STEP(fresh_state(), on_policy)
+    _, metrics = step(fresh_state(), on_policy)
     assert float(metrics["kl"]) == pytest.approx(0.0, abs=1e-6)
     assert float(metrics["ratio_mean"]) == pytest.approx(1.0, abs=1e-5)
     no_kl = dataclasses.replace(CONFIG, beta=0.0)
-    _, metrics = grpo.make_grpo_step(GRAPHDEF, SGD, no_kl)(fresh_state(), dataclasses.replace(on_policy, ref_logp=None))
+    _, metrics = step_for(no_kl)(fresh_state(), dataclasses.replace(on_policy, ref_logprobs=None))
     assert "kl" not in metrics and np.isfinite(float(metrics["loss"]))
-    with pytest.raises(ValueError, match="ref_logp"):
-        WHOLE_STEP(fresh_state(), dataclasses.replace(ROLLOUT, ref_logp=None))
+    with pytest.raises(ValueError, match="ref_logprobs"):
+        step(fresh_state(), dataclasses.replace(rollout, ref_logprobs=None))
 
 
 def test_config_errors():
@@ -100,7 +212,7 @@ def test_config_errors():
         grpo.GRPOConfig(aggregation="sum")
     with pytest.raises(ValueError, match="temperature"):
         grpo.GRPOConfig(temperature=0.0)
-    with pytest.raises(ValueError, match="logits_chunk_size must be >= 0 .* got -64"):
+    with pytest.raises(ValueError, match="logits_chunk_size: must be >= 0, got -64"):
         grpo.GRPOConfig(logits_chunk_size=-64)
 
 
@@ -145,45 +257,46 @@ def on_mesh(rollout, mesh):
     """``rollout`` with every array's leading axis split over the mesh's data and fsdp axes."""
     put = lambda x: jax.device_put(x, sharding.batch_sharding(mesh, x.ndim))  # noqa: E731
     prompts = rollout.prompts
-    return grpo.Rollout(
-        logprobs.Prompts(put(prompts.tokens), put(prompts.mask), put(prompts.pixel_values), prompts.grids),
-        *(put(x) for x in (rollout.completions, rollout.completion_mask, rollout.old_logp, rollout.advantages,
-                           rollout.ref_logp)),
+    return Rollout(
+        Prompts(put(prompts.tokens), put(prompts.mask), put(prompts.pixel_values), prompts.grids),
+        *(put(x) for x in (rollout.tokens, rollout.mask, rollout.logprobs, rollout.advantages,
+                           rollout.ref_logprobs)),
     )
 
 
-def test_sharded_step_equals_single_device():
+def test_sharded_step_equals_single_device(step_for, rollout, whole):
     mesh = sharding.make_mesh(fsdp=2, tensor=4)
     _, state = train_state.create_train_state(tiny_policy.model(), SGD, jax.random.key(0), mesh)
     with jax.set_mesh(mesh):
-        sharded, metrics = WHOLE_STEP(state, on_mesh(ROLLOUT, mesh))
-    assert float(metrics["loss"]) == pytest.approx(float(WHOLE_METRICS["loss"]), rel=1e-5)
-    assert_params_close(sharded, WHOLE)
+        sharded, metrics = step_for(CONFIG)(state, on_mesh(rollout, mesh))
+    assert float(metrics["loss"]) == pytest.approx(float(whole[1]["loss"]), rel=1e-5)
+    assert_params_close(sharded, whole[0])
 
 
-def test_second_pass_on_one_rollout_is_off_policy():
-    """Several optimisation passes reuse the rollout's old_logp: after one update the ratio moves off 1."""
-    on_policy = dataclasses.replace(ROLLOUT, old_logp=logprobs.continuation_logprobs(
-        tiny_policy.model(), ROLLOUT.prompts, ROLLOUT.completions, ROLLOUT.completion_mask, group_size=G,
+def test_second_pass_on_one_rollout_is_off_policy(step_for, rollout):
+    """Several optimisation passes reuse the rollout's (old) logprobs: after one update the ratio moves off 1."""
+    on_policy = dataclasses.replace(rollout, logprobs=logprobs.continuation_logprobs(
+        tiny_policy.model(), rollout.prompts, rollout.tokens, rollout.mask, group_size=G,
         temperature=CONFIG.temperature))
-    state, first = WHOLE_STEP(fresh_state(), on_policy)
-    state, second = WHOLE_STEP(state, on_policy)
+    step = step_for(CONFIG)
+    state, first = step(fresh_state(), on_policy)
+    state, second = step(state, on_policy)
     assert float(first["ratio_mean"]) == pytest.approx(1.0, abs=1e-5)
     assert abs(float(second["ratio_mean"]) - 1.0) > 1e-3
     assert int(state.step) == 2
 
 
 @pytest.mark.parametrize("mesh_shape", [None, (2, 4)], ids=["no_mesh", "mesh_2x4"])
-def test_step_compiles_once_across_steps_and_a_restore(tmp_path, mesh_shape):
+def test_step_compiles_once_across_steps_and_a_restore(tmp_path, mesh_shape, graphdef, rollout):
     """Fresh, stepped and restored states place every leaf alike (AdamW's
     counters and moments included), so the step compiles once."""
     mesh = mesh_shape and sharding.make_mesh(fsdp=mesh_shape[0], tensor=mesh_shape[1])
     optimizer = train_state.OptimizerConfig(learning_rate=1e-3, total_steps=10).make()
     _, state = train_state.create_train_state(tiny_policy.model(), optimizer, jax.random.key(0), mesh)
     fresh = compile_counter.placements(state)
-    abstract = jax.eval_shape(lambda: state)  # what train_loop.setup restores onto
-    rollout = ROLLOUT if mesh is None else on_mesh(ROLLOUT, mesh)
-    step = grpo.make_grpo_step(GRAPHDEF, optimizer, CONFIG)
+    abstract = jax.eval_shape(lambda: state)  # what run.loop.setup restores onto
+    rollout = rollout if mesh is None else on_mesh(rollout, mesh)
+    step = grpo.make_grpo_step(graphdef, optimizer, CONFIG)
     ckpt = checkpoint.Checkpointer(str(tmp_path), save_every=1, async_save=False)
     with compile_counter.count_compiles(step) as compiles, jax.set_mesh(mesh) if mesh else contextlib.nullcontext():
         for _ in range(3):
@@ -195,3 +308,4 @@ def test_step_compiles_once_across_steps_and_a_restore(tmp_path, mesh_shape):
         state, _ = step(state, rollout)
     ckpt.close()
     assert int(state.step) == 4 and len(compiles) == 1
+

@@ -10,11 +10,13 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from flax import nnx
 
 import tiny_policy
-from geor_jax import checkpoint, logprobs, regions, sampling, sft, train_state
+from geor_jax import checkpoint, regions, sampling, sft, train_state
 from geor_jax.data import patches, prompts
 from geor_jax.data import tokenizer as tokenizer_lib
+from geor_jax.rollout import Prompts
 from qwen_vl_fixtures import hf_processor
 
 PATCH = patches.PatchConfig(max_pixels=28 * 28 * 48)  # at most 48 image tokens
@@ -37,16 +39,16 @@ def export(tmp_path_factory):
         patches.num_image_tokens(grid))
     answer = regions.render_answer(regions.Region("Japan", "JP", "Hokkaido", "Biei", 0.0), 43.452002, 142.615358)
     target = tok.encode(prompts.render_target(answer))
-    batch = logprobs.Prompts(jnp.asarray([prompt], jnp.int32), jnp.ones((1, len(prompt)), jnp.int32),
-                             jnp.asarray(pixel_values[None]), (), jnp.asarray([grid], jnp.int32))
+    batch = Prompts(jnp.asarray([prompt], jnp.int32), jnp.ones((1, len(prompt)), jnp.int32),
+                    jnp.asarray(pixel_values[None]), (), jnp.asarray([grid], jnp.int32))
     optimizer = train_state.OptimizerConfig(learning_rate=3e-2, warmup_steps=5, total_steps=60).make()
     graphdef, state = train_state.create_train_state(model, optimizer, jax.random.key(0))
     step = sft.make_sft_step(graphdef, optimizer)
     for _ in range(60):
         state, metrics = step(state, batch, jnp.asarray([target], jnp.int32), jnp.ones((1, len(target)), jnp.int32))
-    checkpoint.export_hf(graphdef, state.params, str(root / "hf"), tokenizer=tok, patch_config=PATCH)
-    from flax import nnx
-
+    checkpoint.export_hf(graphdef, state.params, str(root / "hf"))
+    checkpoint.export_processor(str(root / "hf"), tok, PATCH)
+    checkpoint.export_generation_config(str(root / "hf"), tok)
     return root / "hf", nnx.merge(graphdef, state.params), tok, image, float(metrics["loss"])
 
 
@@ -82,9 +84,9 @@ def test_transformers_generate_on_the_export_equals_the_sampler(export):
     ids = inputs["input_ids"].numpy().astype(np.int32)
     config = sampling.SamplingConfig(max_new_tokens=MAX_NEW, greedy=True, stop_tokens=tok.special_ids.eos,
                                      pad_id=tok.special_ids.pad)
-    rollout = sampling.sample_groups(model, jnp.asarray(ids), jnp.ones_like(jnp.asarray(ids)), jax.random.key(0),
-                                     config, group_size=1, pixel_values=jnp.asarray(slot),
-                                     image_grid_thw=jnp.asarray([grid], jnp.int32))
+    native = Prompts(jnp.asarray(ids), jnp.ones_like(jnp.asarray(ids)), jnp.asarray(slot), (),
+                     jnp.asarray([grid], jnp.int32))
+    rollout = sampling.sample_groups(model, native, jax.random.key(0), config, group_size=1)
     ours = np.asarray(rollout.tokens[0, : int(rollout.lengths[0])])
     assert ours[-1] == tok.special_ids.im_end and len(ours) < MAX_NEW  # stopped at <|im_end|>
     np.testing.assert_array_equal(generated.numpy(), ours)  # transformers stopped at the same token

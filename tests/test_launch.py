@@ -1,21 +1,30 @@
-"""launch/train.py (SFT, resume, GRPO) and launch/evaluate.py on the demo config, in subprocesses.
+"""launch/train.py and launch/evaluate.py on the demo config, in subprocesses: outputs, exact resume, GRPO wiring.
 
 The subprocesses run on 2 fake CPU devices (sharded fsdp=2) with a smaller
-model than the demo's, and evaluate only where a test reads the result.
+model than the demo's, under ``tests/run_probe.py``, which records each
+step's example ids, sampling key and scored rollout, and can SIGKILL the run
+mid-way. A resumed run must reproduce the uninterrupted one bit for bit:
+the batches of every step, every logged metric, the final params and the
+optimizer state.
 """
 
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-from geor_jax.data import demo_world
+from geor_jax import geo, regions
+from geor_jax.data import builder, demo_world
 from geor_jax.data import tokenizer as tokenizer_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+G = 2  # GRPO group size
+TIMING = ("step_time_s", "tokens_per_s", "generated_tokens_per_s")
 
 
 @pytest.fixture(scope="module")
@@ -29,14 +38,15 @@ def data(tmp_path_factory):
     return root, train, test
 
 
-def overrides(data, stage_steps: int) -> list[str]:
+def overrides(data, stage_steps: int, checkpoint_every: int = 1) -> list[str]:
     root, train, test = data
     return [
         f"--config.data.records_dir={train}", f"--config.data.tokenizer_dir={root / 'tok'}",
         f"--config.eval.records_dir={test}", "--config.eval.batch_size=8", "--config.eval.num_examples=6",
         "--config.eval.max_new_tokens=8", "--config.data.global_batch_size=8", "--config.data.max_target_len=64",
-        f"--config.train.num_steps={stage_steps}", "--config.train.log_every=1", "--config.train.checkpoint_every=1",
-        "--config.grpo.group_size=2", "--config.grpo.max_new_tokens=8",
+        f"--config.train.num_steps={stage_steps}", "--config.train.log_every=1",
+        f"--config.train.checkpoint_every={checkpoint_every}", "--config.train.keep_checkpoints=3",
+        f"--config.grpo.group_size={G}", "--config.grpo.max_new_tokens=8",
         "--config.model.text.hidden_size=64", "--config.model.text.intermediate_size=128",
         "--config.model.text.num_heads=2", "--config.model.text.num_kv_heads=2",
     ]
@@ -45,39 +55,100 @@ def overrides(data, stage_steps: int) -> list[str]:
 NO_EVAL = "--config.eval.records_dir="
 
 
+def environment(**extra) -> dict:
+    return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", **extra)
+
+
 def launch(script: str, args: list[str]) -> subprocess.CompletedProcess:
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
     result = subprocess.run([sys.executable, f"launch/{script}", *args], cwd=ROOT, capture_output=True, text=True,
-                            timeout=900, env=env)
+                            timeout=900, env=environment())
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result
 
 
-def test_train_resume_grpo_and_evaluate(data, tmp_path):
-    sft_dir, grpo_dir, eval_dir = tmp_path / "sft", tmp_path / "grpo", tmp_path / "eval"
-    launch("train.py", ["--config=configs/demo.py:sft", f"--workdir={sft_dir}", *overrides(data, 2), NO_EVAL])
-    resumed = launch("train.py", ["--config=configs/demo.py:sft", f"--workdir={sft_dir}", *overrides(data, 3)])
-    assert "resumed from checkpoint at step 2" in resumed.stdout
-    logs = [json.loads(line) for line in (sft_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [row["step"] for row in logs if row["split"] == "train"] == [1, 2, 3]
+def probe(args: list[str], log: pathlib.Path, kill_at_batch: int = 0, scorer: str = "") -> subprocess.CompletedProcess:
+    """``launch/train.py args`` under tests/run_probe.py; a killed run must die of SIGKILL, any other succeed.
+
+    A killed run dies as it draws batch ``kill_at_batch``, once step 2's checkpoint is on disk.
+    """
+    env = environment(PROBE_LOG=str(log), PROBE_KILL_AT_BATCH=str(kill_at_batch), PROBE_KILL_AFTER_SAVE_OF="2",
+                      PROBE_SCORER=scorer)
+    result = subprocess.run([sys.executable, "tests/run_probe.py", *args], cwd=ROOT, capture_output=True, text=True,
+                            timeout=900, env=env)
+    expected = -signal.SIGKILL if kill_at_batch else 0
+    assert result.returncode == expected, result.stdout[-2000:] + result.stderr[-4000:]
+    return result
+
+
+def probe_steps(log: pathlib.Path) -> list[dict]:
+    """The probe log as one dict per training step (its ids, and for GRPO its key and scored rollout)."""
+    steps = []
+    for line in log.read_text().splitlines():
+        row = json.loads(line)
+        if "ids" in row:
+            steps.append(row)
+        else:
+            steps[-1].update(row)
+    return steps
+
+
+def train_rows(workdir: pathlib.Path) -> list[dict]:
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in rows if row["split"] == "train"]
+
+
+def final_checksums(workdir: pathlib.Path, step: int) -> dict:
+    """The per-array checksums orbax stored (as JSON) with the final checkpoint: params, moments, counters, RNG."""
+    return json.loads((workdir / "checkpoints" / str(step) / "checksums" / "metadata").read_text())
+
+
+def hf_weights(workdir: pathlib.Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((workdir / "hf").glob("*.safetensors"))}
+
+
+def resumed_from(result: subprocess.CompletedProcess) -> int:
+    line = next(line for line in result.stdout.splitlines() if line.startswith("resumed from checkpoint at step"))
+    return int(line.rsplit(" ", 1)[1])
+
+
+def assert_kill_and_resume_is_exact(straight_dir, args, tmp_path, total_steps, kill_at_batch, scorer=""):
+    """Kill a run as it draws batch ``kill_at_batch``, resume it, and compare with the uninterrupted run."""
+    resumed_dir = tmp_path / "resumed"
+    run_args = [f"--workdir={resumed_dir}", *args]
+    probe(run_args, tmp_path / "killed.jsonl", kill_at_batch=kill_at_batch, scorer=scorer)
+    resumed = probe(run_args, tmp_path / "resumed.jsonl", scorer=scorer)
+    start = resumed_from(resumed)
+    assert start == 2
+    steps = probe_steps(tmp_path / "killed.jsonl")[:start] + probe_steps(tmp_path / "resumed.jsonl")
+    straight_steps = probe_steps(straight_dir / "probe.jsonl")
+    assert len(steps) == total_steps and steps == straight_steps  # ids (and keys, rollouts, rewards) of every step
+    rows = train_rows(resumed_dir)
+    assert [row["step"] for row in rows] == list(range(1, total_steps + 1))  # each step logged once
+    assert rows == train_rows(straight_dir)  # every metric of every step, bitwise
+    assert final_checksums(resumed_dir, total_steps) == final_checksums(straight_dir, total_steps)
+    assert hf_weights(resumed_dir) == hf_weights(straight_dir)
+    return steps
+
+
+def test_sft_outputs_resume_exactly_after_sigkill_and_evaluate(data, tmp_path):
+    straight_dir, eval_dir = tmp_path / "straight", tmp_path / "eval"
+    args = ["--config=configs/demo.py:sft", *overrides(data, 4, checkpoint_every=2)]
+    probe([f"--workdir={straight_dir}", *args], straight_dir.with_suffix(".jsonl"))
+    (straight_dir / "probe.jsonl").write_bytes(straight_dir.with_suffix(".jsonl").read_bytes())
+    logs = [json.loads(line) for line in (straight_dir / "metrics.jsonl").read_text().splitlines()]
     assert {"loss", "grad_norm", "tokens_per_s"} <= set(logs[-2]) and logs[-1]["split"] == "eval"
-    assert list((sft_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert list((straight_dir / "tensorboard").glob("events.out.tfevents.*"))
     for name in ("config.json", "tokenizer.json", "chat_template.jinja", "preprocessor_config.json",
                  "generation_config.json"):
-        assert (sft_dir / "hf" / name).is_file(), name
-    assert list((sft_dir / "hf").glob("*.safetensors"))
-    assert json.loads((sft_dir / "config.json").read_text())["stage"] == "sft"
+        assert (straight_dir / "hf" / name).is_file(), name
+    assert json.loads((straight_dir / "config.json").read_text())["stage"] == "sft"
+    losses = [row["loss"] for row in train_rows(straight_dir)]
+    assert len(set(losses)) == 4  # distinct batches and updates: a replayed first batch would not pass below
 
-    launch("train.py", ["--config=configs/demo.py:grpo", f"--workdir={grpo_dir}",
-                        f"--config.model.init_from={sft_dir / 'hf'}", *overrides(data, 1), NO_EVAL])
-    grpo_logs = [json.loads(line) for line in (grpo_dir / "metrics.jsonl").read_text().splitlines()]
-    train_row = next(row for row in grpo_logs if row["split"] == "train")
-    for key in ("loss", "reward_mean", "reward_std", "kl", "clip_fraction", "zero_advantage_fraction",
-                "completion_length", "generated_tokens_per_s", "step_time_s"):
-        assert key in train_row, key
-    assert list((grpo_dir / "hf").glob("*.safetensors"))
+    # The killed run checkpoints step 2, dies drawing batch 4 (step 3 done, not saved), and replays 3 and 4.
+    assert_kill_and_resume_is_exact(straight_dir, [*args, NO_EVAL], tmp_path, total_steps=4, kill_at_batch=4)
 
-    result = launch("evaluate.py", ["--config=configs/demo.py:sft", f"--hf_dir={grpo_dir / 'hf'}",
+    result = launch("evaluate.py", ["--config=configs/demo.py:sft", f"--hf_dir={straight_dir / 'hf'}",
                                     f"--output_dir={eval_dir}", "--name=tiny", *overrides(data, 1)])
     metrics = json.loads((eval_dir / "metrics.json").read_text())["tiny"]
     assert metrics["count"] == 6 and 0 <= metrics["valid_rate"] <= 1
@@ -88,34 +159,78 @@ def test_train_resume_grpo_and_evaluate(data, tmp_path):
     assert "| tiny |" in result.stdout
 
 
-def test_load_policy_checks_the_checkpoint_against_the_tokenizer(data, tmp_path):
-    """``train_loop.load_policy``: the evaluation entry points' loader keeps the weights and refuses a
-    checkpoint whose image token differs from the config's tokenizer."""
-    import importlib.util
-
-    import numpy as np
-
+def save_tiny_policy(data, directory: pathlib.Path, seed: int = 0, **token_ids) -> pathlib.Path:
+    """A random tiny policy with the test tokenizer's vocabulary and ids, saved as a HF checkpoint."""
     import tiny_policy
-    from geor_jax import sharding, train_loop
     from geor_jax.models import qwen2_5_vl as qvl
 
-    spec = importlib.util.spec_from_file_location("demo_config", ROOT / "configs" / "demo.py")
-    demo_config = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo_config)
-    config = demo_config.get_config("sft")
-    config.data.tokenizer_dir = str(data[0] / "tok")
-    tok = tokenizer_lib.load_tokenizer(config.data.tokenizer_dir)
+    tok = tokenizer_lib.load_tokenizer(data[0] / "tok")
     ids = {k: v for k, v in tok.special_ids.model_config_overrides().items()
            if k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")}
-    mesh = sharding.make_mesh(**config.mesh)  # fsdp over the 8 test devices
-    model = tiny_policy.model(model_config=tiny_policy.config(vocab_size=tok.vocab_size, **ids))
-    qvl.save_hf_checkpoint(model, tmp_path / "good")
-    loaded, tokenizer = train_loop.load_policy(config, str(tmp_path / "good"), mesh)
-    assert tokenizer.vocab_size == tok.vocab_size
-    np.testing.assert_array_equal(np.asarray(loaded.text.embed_tokens[...]), np.asarray(model.text.embed_tokens[...]))
-    assert loaded.config == model.config
+    model = tiny_policy.model(seed, model_config=tiny_policy.config(vocab_size=tok.vocab_size, **ids | token_ids))
+    qvl.save_hf_checkpoint(model, directory)
+    return directory
 
-    other = tiny_policy.model(model_config=tiny_policy.config(vocab_size=tok.vocab_size, **{**ids, "image_token_id": 5}))
-    qvl.save_hf_checkpoint(other, tmp_path / "bad")
-    with pytest.raises(ValueError, match="does not match tokenizer"):
-        train_loop.load_policy(config, str(tmp_path / "bad"), mesh)
+
+def test_grpo_learns_from_its_own_rows_and_resumes_exactly_after_sigkill(data, tmp_path):
+    """GRPO with beta 0.04 from a HF checkpoint: a learning signal, rewards against each row's own
+    ground truth, fresh sampling keys every step, and a bitwise-exact resume (the KL reference is the
+    starting policy after the restart too)."""
+    straight_dir, grpo_init = tmp_path / "straight", save_tiny_policy(data, tmp_path / "init")
+    args = ["--config=configs/demo.py:grpo", f"--config.model.init_from={grpo_init}", *overrides(data, 4, 2), NO_EVAL]
+    probe([f"--workdir={straight_dir}", *args], straight_dir.with_suffix(".jsonl"), scorer="crc")
+    (straight_dir / "probe.jsonl").write_bytes(straight_dir.with_suffix(".jsonl").read_bytes())
+    rows = train_rows(straight_dir)
+    for key in ("loss", "reward_mean", "reward_std", "kl", "clip_fraction", "zero_advantage_fraction",
+                "completion_length", "valid_rate"):
+        assert key in rows[0], key
+    for row in rows:  # rewards differ within groups, so every step updates the policy
+        assert row["zero_advantage_fraction"] < 1 and row["loss"] != 0 and row["grad_norm"] > 0, row
+    assert rows[0]["kl"] == 0 and all(row["kl"] > 0 for row in rows[1:])  # the policy moves off the reference
+
+    # Each completion is scored against its own prompt's ground truth: row r belongs to example r // G.
+    records = builder.open_records(data[1], "train")
+    truth = {r["id"].decode(): (r["lat"], r["lon"]) for r in (records[i] for i in range(len(records)))}
+    steps = probe_steps(straight_dir / "probe.jsonl")
+    for step in steps:
+        expected = np.array([truth[step["ids"][r // G]] for r in range(len(step["texts"]))], np.float32)
+        np.testing.assert_array_equal(np.stack([step["true_lat"], step["true_lon"]], 1), expected)
+        for r in (0, 1, len(step["texts"]) - 1):  # by hand: parse, haversine, Geo-R reward
+            answer = regions.parse_answer(step["texts"][r])
+            distance = geo.haversine_km(answer.lat, answer.lon, *expected[r])
+            assert step["reward"][r] == pytest.approx(float(geo.distance_reward(distance)), abs=1e-6)
+    keys = [tuple(step["key"]) for step in steps]
+    assert len(set(keys)) == len(keys)  # a new sampling key every step
+
+    # Killed at batch 4 (step 2 saved, step 3 lost): the rerun repeats every key, batch, reward, metric and bit.
+    assert_kill_and_resume_is_exact(straight_dir, args, tmp_path, total_steps=4, kill_at_batch=4, scorer="crc")
+
+    # The reference is rebuilt from model.init_from on every start: weights changed under a run are refused.
+    save_tiny_policy(data, grpo_init, seed=1)
+    result = subprocess.run([sys.executable, "launch/train.py", f"--workdir={straight_dir}", *args,
+                             "--config.train.num_steps=5"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=900, env=environment())
+    assert result.returncode == 2 and "--config.model.init_from" in result.stderr
+    assert "is not the policy this run started from" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_load_policy_checks_the_checkpoint_against_the_tokenizer(data, tmp_path):
+    """``run.build.load_policy``: the evaluation entry points' loader keeps the weights and refuses a
+    checkpoint whose image token differs from the tokenizer's."""
+    from geor_jax import sharding
+    from geor_jax.models import qwen2_5_vl as qvl
+    from geor_jax.run import build
+
+    tokenizer_dir = str(data[0] / "tok")
+    tok = tokenizer_lib.load_tokenizer(tokenizer_dir)
+    mesh = sharding.make_mesh(fsdp=-1)  # fsdp over the 8 test devices
+    config = build.ModelConfig(dtype="float32", remat=False, scan_layers=False)
+    good = qvl.load_hf_checkpoint(save_tiny_policy(data, tmp_path / "good"))
+    loaded, tokenizer = build.load_policy(config, str(tmp_path / "good"), tokenizer_dir, mesh)
+    assert tokenizer.vocab_size == tok.vocab_size
+    np.testing.assert_array_equal(np.asarray(loaded.text.embed_tokens[...]), np.asarray(good.text.embed_tokens[...]))
+    assert loaded.config == good.config
+
+    save_tiny_policy(data, tmp_path / "bad", image_token_id=5)
+    with pytest.raises(ValueError, match="--config.model.init_from: .* does not match tokenizer"):
+        build.load_policy(config, str(tmp_path / "bad"), tokenizer_dir, mesh)

@@ -11,6 +11,7 @@ from flax import nnx
 import tiny_policy
 from geor_jax import logprobs
 from geor_jax.models import qwen2_5_vl as qvl
+from geor_jax.rollout import Prompts
 
 G = 3
 
@@ -91,7 +92,7 @@ def test_text_only_prompts():
 
 def test_repeat_prompts_keeps_images_with_their_rows(setup):
     _, prompts, _, _ = setup
-    repeated = logprobs.repeat_prompts(prompts, G)
+    repeated = prompts.repeat(G)
     assert repeated.tokens.shape[0] == 2 * G and len(repeated.grids) == 2 * G
     per_image = np.asarray(repeated.pixel_values).reshape(2 * G, 16, -1)
     original = np.asarray(prompts.pixel_values).reshape(2, 16, -1)
@@ -112,10 +113,10 @@ def test_one_image_per_row_slots_give_the_same_logprobs(setup, shared):
 def test_row_slots_split_and_repeat_with_their_rows(setup):
     _, prompts, _, _ = setup
     rows = tiny_policy.as_rows(prompts, length=24)
-    micro = logprobs.split_prompts(rows, 2)
+    micro = rows.split(2)
     assert micro.pixel_values.shape == (2, 1, 24, rows.pixel_values.shape[-1]) and micro.row_grids.shape == (2, 1, 3)
     np.testing.assert_array_equal(np.asarray(micro.pixel_values[1, 0]), np.asarray(rows.pixel_values[1]))
-    repeated = logprobs.repeat_prompts(rows, G)
+    repeated = rows.repeat(G)
     np.testing.assert_array_equal(np.asarray(repeated.row_grids), np.repeat(np.asarray(rows.row_grids), G, 0))
     np.testing.assert_array_equal(np.asarray(repeated.pixel_values[G]), np.asarray(rows.pixel_values[1]))
 
@@ -124,7 +125,7 @@ def test_bad_shapes_raise(setup):
     model, prompts, tokens, mask = setup
     with pytest.raises(ValueError, match="6 continuations for 2 prompts x group_size 4"):
         logprobs.continuation_logprobs(model, prompts, tokens, mask, group_size=4)
-    bad = logprobs.Prompts(prompts.tokens, prompts.mask, prompts.pixel_values[:20], prompts.grids)
+    bad = Prompts(prompts.tokens, prompts.mask, prompts.pixel_values[:20], prompts.grids)
     with pytest.raises(ValueError, match="pixel_values rows"):
         logprobs.continuation_logprobs(model, bad, tokens, mask, group_size=G)
 

@@ -125,6 +125,14 @@ def test_wrong_shape_with_right_size_is_named(tiny_ckpt, name, change, scan_laye
     assert "\n" not in message
 
 
+def test_integer_tensor_for_a_weight_is_named(tiny_ckpt):
+    name = "model.layers.0.mlp.up_proj.weight"
+    shard = _replace_tensor(tiny_ckpt, name, lambda a: np.round(a * 100).astype(np.int32))
+    with pytest.raises(qvl.CheckpointFileError, match=r"dtype int32, but parameter .* needs a float dtype") as error:
+        qvl.load_hf_checkpoint(tiny_ckpt)
+    assert str(shard) in str(error.value) and name in str(error.value)
+
+
 @pytest.mark.parametrize("cut_in", ["length", "header", "data"])
 def test_truncated_shard_names_file_and_tensor(tiny_ckpt, cut_in):
     shard = tiny_ckpt / sorted(set(_weight_map(tiny_ckpt).values()))[1]

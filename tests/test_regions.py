@@ -260,7 +260,7 @@ def test_parse_adversarial_megabyte_answers_under_a_second():
         text = make(1_000_000)
         assert 990_000 <= len(text) <= 1_000_000, name
         seconds, parsed = _timed_parse(text)
-        for _ in range(2):  # a busy machine can stall one parse: the bound is on the fastest of three
+        for _ in range(4):  # a busy machine can stall one parse: the bound is on the fastest of five
             if seconds < 1.0:
                 break
             seconds = min(seconds, _timed_parse(text)[0])
@@ -271,10 +271,12 @@ def test_parse_adversarial_megabyte_answers_under_a_second():
 
 
 def test_parse_time_grows_linearly():
-    """1 MB takes about 10x as long as 100 kB (a quadratic parser: 100x); fastest of three each."""
+    """1 MB takes about 10x as long as 100 kB (a quadratic parser: 100x); fastest of five each.
+
+    On the densest shape, whose 100 kB parse is long enough (tens of ms) to time."""
     shapes = {name: make for name, make, _ in _ADVERSARIAL}
-    for name in ("'1,' repeated", "spaces in a value"):
+    for name in ("'1,' repeated",):
         small, large = (shapes[name](size) for size in (100_000, 1_000_000))
-        small_seconds = min(_timed_parse(small)[0] for _ in range(3))
-        large_seconds = min(_timed_parse(large)[0] for _ in range(2))
+        small_seconds = min(_timed_parse(small)[0] for _ in range(5))
+        large_seconds = min(_timed_parse(large)[0] for _ in range(5))
         assert large_seconds / small_seconds < 30, (name, small_seconds, large_seconds)

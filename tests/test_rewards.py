@@ -42,7 +42,7 @@ def test_reward_keeps_batch_shape():
 
 
 def test_configurable_distance_reward():
-    config = rewards.RewardConfig(distance="geor", distance_kwargs=(("breakpoints_km", (750.0, 3000.0, 20000.0)),))
+    config = rewards.RewardConfig(distance="geor", breakpoints_km=(750.0, 3000.0, 20000.0))
     # 3000 km due north of the equator: the authors' middle knot.
     lat = np.degrees(3000.0 / geo.EARTH_RADIUS_KM)
     reward, _ = rewards.reward_from_arrays(np.array([lat]), np.zeros(1), np.ones(1, bool), np.zeros(1), np.zeros(1), config=config)

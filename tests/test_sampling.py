@@ -2,6 +2,7 @@
 statistics, the log-prob convention, stops, errors and sharding."""
 
 import contextlib
+import dataclasses
 import functools
 
 import jax
@@ -15,6 +16,7 @@ from flax import nnx
 from geor_jax import sampling
 from geor_jax import sharding as sharding_lib
 from geor_jax.models import qwen2_5_vl as qvl
+from geor_jax.rollout import Prompts, Rollout
 from qwen_vl_fixtures import GRID_A, GRID_B, IMAGE_TOKEN, hf_model, left_pad, nnx_logits, patches, prompt
 
 NEW_TOKENS = 8
@@ -49,10 +51,16 @@ def batch(model):
     return ids.astype(np.int32), mask.astype(np.int32), pix
 
 
+def as_prompts(ids, mask, pix, grids=GRIDS) -> Prompts:
+    return Prompts(jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(pix), tuple(grids))
+
+
+def prefill(model, prompts, **kwargs):
+    return sampling.prefill(*nnx.split(model), prompts, **kwargs)
+
+
 def run(model, batch, config, key=0, group=GROUP, **kwargs):
-    ids, mask, pix = batch
-    return sampling.sample_groups(model, jnp.asarray(ids), jnp.asarray(mask), jax.random.key(key), config,
-                                  group_size=group, pixel_values=jnp.asarray(pix), image_grid_thw=GRIDS, **kwargs)
+    return sampling.sample_groups(model, as_prompts(*batch), jax.random.key(key), config, group_size=group, **kwargs)
 
 
 GREEDY = sampling.SamplingConfig(max_new_tokens=NEW_TOKENS, greedy=True)
@@ -72,7 +80,9 @@ def test_greedy_matches_transformers_generate(hf, batch, greedy):
             pixel_values=torch.tensor(pix), image_grid_thw=torch.tensor(GRIDS),
             mm_token_type_ids=torch.tensor((ids == IMAGE_TOKEN).astype(np.int64)),
             do_sample=False, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, pad_token_id=0,
-            suppress_tokens=[IMAGE_TOKEN, IMAGE_TOKEN + 1],  # the sampler never emits image/video placeholders
+            # README's condition for parity: generate suppresses the ids the sampler does, here (the default
+            # suppress_placeholders) the image and video placeholders.
+            suppress_tokens=[hf.config.image_token_id, hf.config.video_token_id],
         )
     expected = out[:, ids.shape[1]:].numpy()
     tokens = np.asarray(greedy.tokens)
@@ -87,26 +97,36 @@ def test_one_image_per_row_slots_sample_the_same_tokens(model, batch, greedy):
     slots = np.zeros((2, 80, pix.shape[1]), np.float32)
     n_a = GRID_A[0] * GRID_A[1] * GRID_A[2]
     slots[0, :n_a], slots[1, : pix.shape[0] - n_a] = pix[:n_a], pix[n_a:]
-    rollout = sampling.sample_groups(model, jnp.asarray(ids), jnp.asarray(mask), jax.random.key(0), GREEDY,
-                                     group_size=GROUP, pixel_values=jnp.asarray(slots),
-                                     image_grid_thw=jnp.asarray(GRIDS, jnp.int32))
+    prompts = Prompts(jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(slots), (), jnp.asarray(GRIDS, jnp.int32))
+    rollout = sampling.sample_groups(model, prompts, jax.random.key(0), GREEDY, group_size=GROUP)
     np.testing.assert_array_equal(np.asarray(rollout.tokens), np.asarray(greedy.tokens))
     np.testing.assert_allclose(np.asarray(rollout.logprobs), np.asarray(greedy.logprobs), atol=LOGPROB_TOL)
 
 
+def test_placeholders_are_suppressed_unless_the_option_is_off(model, batch):
+    """Everything but the two placeholders and one text token suppressed, drawn near-uniformly (temperature
+    10): with ``suppress_placeholders`` off the placeholders are drawn, with it on (the default) never."""
+    placeholders = (model.config.image_token_id, model.config.video_token_id)
+    text_token = 5
+    others = tuple(i for i in range(model.config.text.vocab_size) if i not in (*placeholders, text_token))
+    on = sampling.SamplingConfig(max_new_tokens=NEW_TOKENS, temperature=10.0, suppress_tokens=others)
+    assert on.suppress_placeholders
+    np.testing.assert_array_equal(np.asarray(run(model, batch, on).tokens), text_token)
+    drawn = np.asarray(run(model, batch, dataclasses.replace(on, suppress_placeholders=False)).tokens)
+    assert np.isin(drawn, placeholders).any() and np.isin(drawn, (*placeholders, text_token)).all()
+
+
 def test_shared_prefill_matches_prefilling_every_copy(model, batch):
     ids, mask, pix = batch
-    shared_cache, shared_logits = sampling.prefill_groups(
-        model, jnp.asarray(ids), jnp.asarray(mask), group_size=GROUP, max_len=ids.shape[1] + 2,
-        pixel_values=jnp.asarray(pix), image_grid_thw=GRIDS)
+    shared_cache, shared_logits = prefill(model, as_prompts(ids, mask, pix), group_size=GROUP,
+                                          max_len=ids.shape[1] + 2)
     # Every copy prefilled on its own: rows in group-major order, images repeated to match.
     rep_ids, rep_mask = np.repeat(ids, GROUP, 0), np.repeat(mask, GROUP, 0)
     n_a = GRID_A[0] * GRID_A[1] * GRID_A[2]
     rep_pix = np.concatenate([pix[:n_a]] * GROUP + [pix[n_a:]] * GROUP)
     rep_grids = (GRID_A,) * GROUP + (GRID_B,) * GROUP
-    own_cache, own_logits = sampling.prefill_groups(
-        model, jnp.asarray(rep_ids), jnp.asarray(rep_mask), group_size=1, max_len=ids.shape[1] + 2,
-        pixel_values=jnp.asarray(rep_pix), image_grid_thw=rep_grids)
+    own_cache, own_logits = prefill(model, as_prompts(rep_ids, rep_mask, rep_pix, rep_grids), group_size=1,
+                                    max_len=ids.shape[1] + 2)
     assert np.max(np.abs(np.asarray(shared_logits) - np.asarray(own_logits))) <= 1e-5
     token = jnp.asarray(np.arange(2 * GROUP, dtype=np.int32)[:, None] + 5)
     step = nnx.jit(lambda model, cache: model.logits(model.hidden_states(token, jnp.ones_like(token), cache=cache)[0]))
@@ -241,7 +261,7 @@ def test_bad_input_raises_before_compiling(model, batch, change, message, monkey
         ids = mask = change["ids"]
     if "pix_rows" in change:
         pix = pix[: change["pix_rows"]]
-    monkeypatch.setattr(sampling, "_prefill", lambda *a, **k: pytest.fail("compiled before validating"))
+    monkeypatch.setattr(sampling, "prefill", lambda *a, **k: pytest.fail("compiled before validating"))
     with pytest.raises(ValueError, match=message):
         run(model, (ids, mask, pix), change.get("config", GREEDY), group=change.get("group", GROUP))
 
@@ -255,8 +275,8 @@ def test_sharded_greedy_equals_single_device(checkpoint, batch, greedy, mesh_con
     rows = jax.device_put(jnp.asarray(ids), sharding_lib.batch_sharding(mesh, 2))
     rows_mask = jax.device_put(jnp.asarray(mask), sharding_lib.batch_sharding(mesh, 2))
     with jax.set_mesh(mesh) if mesh_context else contextlib.nullcontext():
-        out = sampling.sample_groups(model, rows, rows_mask, jax.random.key(0), GREEDY, group_size=GROUP + 1,
-                                     pixel_values=jnp.asarray(pix), image_grid_thw=GRIDS, mesh=mesh)
+        out = sampling.sample_groups(model, Prompts(rows, rows_mask, jnp.asarray(pix), GRIDS), jax.random.key(0),
+                                     GREEDY, group_size=GROUP + 1, mesh=mesh)
     assert len(out.tokens.sharding.device_set) == 8
     single = np.asarray(greedy.tokens)[::GROUP]
     np.testing.assert_array_equal(np.asarray(out.tokens)[:: GROUP + 1], single)
@@ -275,11 +295,9 @@ def test_decode_loop_reads_weights_in_the_compute_dtype(checkpoint, batch):
     assert narrowed.vision.blocks[0].mlp.up_proj.kernel[...].dtype == jnp.float32  # decode never runs the vision tower
     np.testing.assert_array_equal(nnx_logits(narrowed, ids, mask, pix, GRIDS), nnx_logits(model, ids, mask, pix, GRIDS))
 
-    cache, logits = sampling.prefill_groups(model, jnp.asarray(ids), jnp.asarray(mask), group_size=GROUP,
-                                            max_len=ids.shape[1] + NEW_TOKENS, pixel_values=jnp.asarray(pix),
-                                            image_grid_thw=GRIDS)
+    cache, logits = prefill(model, as_prompts(ids, mask, pix), group_size=GROUP, max_len=ids.shape[1] + NEW_TOKENS)
     graphdef, state = nnx.split(model)
-    traced = sampling._decode.trace(graphdef, state, cache, logits, jax.random.key(0), config=SAMPLED, mesh=None)
+    traced = sampling.decode.trace(graphdef, state, cache, logits, jax.random.key(0), config=SAMPLED, mesh=None)
     (loop,) = [e for e in traced.jaxpr.eqns if e.primitive.name == "while"]
     start = loop.params["cond_nconsts"]
     body_consts = loop.invars[start:start + loop.params["body_nconsts"]]
@@ -293,7 +311,7 @@ def test_decode_completions_cuts_at_length():
         def decode(self, ids, skip_special_tokens=False):
             return ",".join(str(int(i)) for i in ids if not (skip_special_tokens and i == 9))
 
-    rollout = sampling.Rollout(tokens=jnp.array([[4, 9, 0], [5, 6, 7]]), mask=jnp.array([[1, 1, 0], [1, 1, 1]]),
-                               lengths=jnp.array([2, 3]), logprobs=jnp.zeros((2, 3)))
+    rollout = Rollout(prompts=None, tokens=jnp.array([[4, 9, 0], [5, 6, 7]]), mask=jnp.array([[1, 1, 0], [1, 1, 1]]),
+                      logprobs=jnp.zeros((2, 3)))
     assert sampling.decode_completions(Tok(), rollout) == ["4", "5,6,7"]
     assert sampling.decode_completions(Tok(), rollout, skip_special_tokens=False) == ["4,9", "5,6,7"]

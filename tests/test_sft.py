@@ -11,6 +11,7 @@ import pytest
 import compile_counter
 import tiny_policy
 from geor_jax import checkpoint, logprobs, sft, sharding, train_state
+from geor_jax.rollout import Prompts
 
 OPTIMIZER = train_state.OptimizerConfig(learning_rate=1e-2, total_steps=100, max_grad_norm=1.0)
 # Equality tests update with plain SGD at lr 1: param differences are gradient
@@ -41,9 +42,11 @@ def assert_trees_close(a, b, atol):
 
 def test_micro_batches_give_the_same_update():
     whole, whole_metrics = SGD_STEP(fresh_state()[1], *batch())
-    micro, micro_metrics = sft.make_sft_step(GRAPHDEF, SGD, num_micro_batches=2)(fresh_state()[1], *batch())
+    micro, micro_metrics = sft.make_sft_step(GRAPHDEF, SGD, sft.SFTConfig(num_micro_batches=2))(fresh_state()[1], *batch())
     assert float(micro_metrics["loss"]) == pytest.approx(float(whole_metrics["loss"]), rel=1e-5)
     assert float(micro_metrics["grad_norm"]) == pytest.approx(float(whole_metrics["grad_norm"]), rel=1e-4)
+    # A per-token mean over the whole batch, though the two halves hold different numbers of target tokens.
+    assert float(micro_metrics["nll_per_token"]) == pytest.approx(float(whole_metrics["nll_per_token"]), rel=1e-5)
     assert_trees_close(micro.params, whole.params, atol=1e-5)
     assert int(micro.step) == 1 and int(micro.skipped_updates) == 0
 
@@ -61,7 +64,7 @@ def test_non_finite_loss_skips_the_update():
     state = fresh_state(optimizer=OPTIMIZER.make())[1]
     before = jax.tree.map(np.asarray, (state.params, state.opt_state))
     prompts, targets, mask = batch()
-    poisoned = logprobs.Prompts(prompts.tokens, prompts.mask, prompts.pixel_values.at[0, 0].set(jnp.nan), prompts.grids)
+    poisoned = Prompts(prompts.tokens, prompts.mask, prompts.pixel_values.at[0, 0].set(jnp.nan), prompts.grids)
     state, metrics = ADAM_STEP(state, poisoned, targets, mask)
     assert float(metrics["skipped"]) == 1.0 and int(state.skipped_updates) == 1 and int(state.step) == 1
     jax.tree.map(np.testing.assert_array_equal, (state.params, state.opt_state), before)
@@ -83,7 +86,7 @@ def test_sharded_step_equals_single_device():
     assert mu_kernel.sharding.spec == kernel.sharding.spec
     prompts, targets, mask = batch()
     put = lambda x: jax.device_put(x, sharding.batch_sharding(mesh, x.ndim))  # noqa: E731
-    prompts = logprobs.Prompts(put(prompts.tokens), put(prompts.mask), put(prompts.pixel_values), prompts.grids)
+    prompts = Prompts(put(prompts.tokens), put(prompts.mask), put(prompts.pixel_values), prompts.grids)
     with jax.set_mesh(mesh):
         sharded, _ = SGD_STEP(state, prompts, put(targets), put(mask))
     assert sharded.params["text"]["layers"][0]["mlp"]["up_proj"]["kernel"].sharding.spec == kernel.sharding.spec
@@ -109,9 +112,9 @@ def test_optimizer_schedule_and_errors():
     with pytest.raises(ValueError, match="3 micro-batches"):
         train_state.split_micro_batches(jnp.zeros(4), 3)
     prompts, _, _ = batch()
-    mixed = logprobs.Prompts(prompts.tokens, prompts.mask, prompts.pixel_values, ((1, 4, 4),) * 3 + ((1, 2, 8),))
+    mixed = Prompts(prompts.tokens, prompts.mask, prompts.pixel_values, ((1, 4, 4),) * 3 + ((1, 2, 8),))
     with pytest.raises(ValueError, match="differ between"):
-        logprobs.split_prompts(mixed, 2)
+        mixed.split(2)
 
 
 def test_bf16_compute_keeps_fp32_master_params():
@@ -137,11 +140,11 @@ def test_step_compiles_once_across_steps_and_a_restore(tmp_path, mesh_shape):
     optimizer = OPTIMIZER.make()
     graphdef, state = fresh_state(mesh, optimizer)
     fresh = compile_counter.placements(state)
-    abstract = jax.eval_shape(lambda: state)  # what train_loop.setup restores onto
+    abstract = jax.eval_shape(lambda: state)  # what run.loop.setup restores onto
     prompts, targets, mask = batch()
     if mesh is not None:
         put = lambda x: jax.device_put(x, sharding.batch_sharding(mesh, x.ndim))  # noqa: E731
-        prompts = logprobs.Prompts(put(prompts.tokens), put(prompts.mask), put(prompts.pixel_values), prompts.grids)
+        prompts = Prompts(put(prompts.tokens), put(prompts.mask), put(prompts.pixel_values), prompts.grids)
         targets, mask = put(targets), put(mask)
     step = sft.make_sft_step(graphdef, optimizer)
     ckpt = checkpoint.Checkpointer(str(tmp_path), save_every=1, async_save=False)

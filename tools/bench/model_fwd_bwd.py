@@ -11,40 +11,33 @@ machine's fp32 matmul peak, measured here with a large ``jnp.dot``.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
 import tempfile
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+from absl import app, flags
+from flax import nnx
 
-def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--text_tokens", type=int, default=107, help="text tokens around the image block (64 pads + start/end)")
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--remat", action="store_true")
-    parser.add_argument("--skip_torch", action="store_true")
-    return parser.parse_args()
-
-
-ARGS = parse_args()
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 import common  # noqa: E402
-
-common.thread_flags(ARGS.threads)
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from flax import nnx  # noqa: E402
-
-from geor_jax.models import qwen2_5_vl as qvl  # noqa: E402
 from common import GRID, IMAGE_TOKEN, VISION_END, VISION_START  # noqa: E402
+from geor_jax.models import qwen2_5_vl as qvl  # noqa: E402
+from geor_jax.run import cli  # noqa: E402
+
+_THREADS = flags.DEFINE_integer("threads", 2, "CPU threads of both sides.", lower_bound=1)
+_BATCH = flags.DEFINE_integer("batch", 16, "Sequences per step.", lower_bound=1)
+_TEXT_TOKENS = flags.DEFINE_integer("text_tokens", 107, "text tokens around the image block (64 pads + start/end)",
+                                    lower_bound=40)
+_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (median reported).", lower_bound=1)
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps first.", lower_bound=0)
+_REMAT = flags.DEFINE_bool("remat", False, "geor_jax: rematerialise the blocks.")
+_SKIP_TORCH = flags.DEFINE_bool("skip_torch", False, "Time geor_jax only (the weights still come from transformers).")
 
 
 def bench_inputs(batch: int, text_tokens: int, patch_dim: int):
@@ -61,16 +54,19 @@ def timed(step, steps: int, warmup: int) -> list[float]:
     return common.median_time(step, steps, warmup)[1]
 
 
-def main():
-    torch.set_num_threads(ARGS.threads)
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    common.thread_flags(_THREADS.value)
+    torch.set_num_threads(_THREADS.value)
     hf = common.bench_hf_model()
     n_params = sum(p.numel() for p in hf.parameters())
     with tempfile.TemporaryDirectory() as tmp:
         hf.save_pretrained(tmp)
-        model = qvl.load_hf_checkpoint(tmp, remat=ARGS.remat)
-    ids, pixels, grids = bench_inputs(ARGS.batch, ARGS.text_tokens, model.config.vision.patch_dim)
+        model = qvl.load_hf_checkpoint(tmp, remat=_REMAT.value)
+    ids, pixels, grids = bench_inputs(_BATCH.value, _TEXT_TOKENS.value, model.config.vision.patch_dim)
     tokens = ids.size
-    print(f"params {n_params / 1e6:.1f}M  batch {ids.shape[0]} x {ids.shape[1]} tokens  threads {ARGS.threads}")
+    print(f"params {n_params / 1e6:.1f}M  batch {ids.shape[0]} x {ids.shape[1]} tokens  threads {_THREADS.value}")
 
     def loss_fn(model, ids, pixels):
         logits = model(ids, pixel_values=pixels, image_grid_thw=grids).logits
@@ -85,14 +81,14 @@ def main():
     jids, jpix = jnp.asarray(ids), jnp.asarray(pixels)
     compiled = step.lower(state, jids, jpix).compile()
     flops = compiled.cost_analysis()["flops"]
-    jax_times = timed(lambda: jax.block_until_ready(compiled(state, jids, jpix)), ARGS.steps, ARGS.warmup)
+    jax_times = timed(lambda: jax.block_until_ready(compiled(state, jids, jpix)), _STEPS.value, _WARMUP.value)
     jax_median = statistics.median(jax_times)
     peak = common.matmul_peak()
     print(f"fp32 matmul peak (2048^3 jnp.dot): {peak / 1e9:.1f} GFLOP/s")
     print(f"step FLOPs (XLA cost analysis, fwd+bwd): {flops / 1e9:.1f} GFLOP")
     print(f"jax/nnx      : median {jax_median:.2f} s/step  {tokens / jax_median:.0f} tokens/s  "
           f"{flops / jax_median / 1e9:.1f} GFLOP/s = {flops / jax_median / peak:.0%} of peak  (steps {[round(t, 2) for t in jax_times]})")
-    if ARGS.skip_torch:
+    if _SKIP_TORCH.value:
         return
     tids, tpix = torch.tensor(ids), torch.tensor(pixels)
     tgrid, mm = torch.tensor(grids), torch.tensor((ids == IMAGE_TOKEN).astype(np.int64))
@@ -104,7 +100,7 @@ def main():
         (-logp.mean()).backward()
 
     hf.train()
-    torch_times = timed(torch_step, ARGS.steps, ARGS.warmup)
+    torch_times = timed(torch_step, _STEPS.value, _WARMUP.value)
     torch_median = statistics.median(torch_times)
     print(f"transformers : median {torch_median:.2f} s/step  {tokens / torch_median:.0f} tokens/s  "
           f"{flops / torch_median / 1e9:.1f} GFLOP/s = {flops / torch_median / peak:.0%} of peak  (steps {[round(t, 2) for t in torch_times]})")
@@ -112,4 +108,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    cli.main(main)

@@ -27,12 +27,11 @@ warm-up) and an epoch's time is the sum over its batches. A host-only study
 then counts the compiled shapes each candidate needs on a continuous mix
 (random Flickr-like sizes).
 
-    python tools/bench/native_resolution.py [--images=512 --batch=16 --threads=2]
+    PYTHONPATH=. python tools/bench/native_resolution.py [--images=512 --batch=16 --threads=2]
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import dataclasses
 import json
@@ -40,44 +39,39 @@ import os
 import sys
 import time
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+import PIL.Image
+from absl import app, flags
+from flax import nnx
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--images", type=int, default=512, help="records in the epoch")
-    parser.add_argument("--batch", type=int, default=16, help="SFT batch (sequences)")
-    parser.add_argument("--scale", type=float, default=0.5, help="side scale of the MP16-like photo sizes")
-    parser.add_argument("--max_pixels", type=int, default=504 * 504, help="processor max_pixels = bucket area")
-    parser.add_argument("--num_shapes", type=int, default=4)
-    parser.add_argument("--sort_window", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=3, help="timing rounds (after one compiling round)")
-    parser.add_argument("--rollout_prompts", type=int, default=2)
-    parser.add_argument("--group_size", type=int, default=8)
-    parser.add_argument("--new_tokens", type=int, default=64)
-    parser.add_argument("--workdir", default="/tmp/geor_bench_native")
-    parser.add_argument("--results", default=None, help="write the figures as JSON here")
-    return parser.parse_args(argv)
-
-
-ARGS = parse_args() if __name__ == "__main__" else None
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(HERE, "..", ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 import common  # noqa: E402
-
-if ARGS is not None:
-    common.thread_flags(ARGS.threads)
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import PIL.Image  # noqa: E402
-from flax import nnx  # noqa: E402
-
-from geor_jax import logprobs, sampling, sft, train_state  # noqa: E402
+from geor_jax import sampling, sft, train_state  # noqa: E402
 from geor_jax.data import builder, patches, pipeline, prompts, shapes  # noqa: E402
 from geor_jax.data import tokenizer as tokenizer_lib  # noqa: E402
 from geor_jax.models import qwen2_5_vl as qvl  # noqa: E402
+from geor_jax.rollout import Prompts  # noqa: E402
+from geor_jax.run import cli  # noqa: E402
+
+_THREADS = flags.DEFINE_integer("threads", 2, "CPU threads.", lower_bound=1)
+_IMAGES = flags.DEFINE_integer("images", 512, "Records in the epoch.", lower_bound=1)
+_BATCH = flags.DEFINE_integer("batch", 16, "SFT batch (sequences).", lower_bound=1)
+_SCALE = flags.DEFINE_float("scale", 0.5, "Side scale of the MP16-like photo sizes.", lower_bound=0.01)
+_MAX_PIXELS = flags.DEFINE_integer("max_pixels", 504 * 504, "Processor max_pixels = the bucket's area.",
+                                   lower_bound=28 * 28)
+_NUM_SHAPES = flags.DEFINE_integer("num_shapes", 4, "Patch slot sizes of the native pipeline.", lower_bound=1)
+_SORT_WINDOW = flags.DEFINE_integer("sort_window", 8, "Batches per size-sorted window.", lower_bound=1)
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timing rounds (after one compiling round).", lower_bound=1)
+_ROLLOUT_PROMPTS = flags.DEFINE_integer("rollout_prompts", 2, "Prompts per rollout (B).", lower_bound=1)
+_GROUP_SIZE = flags.DEFINE_integer("group_size", 8, "Samples per prompt (G).", lower_bound=1)
+_NEW_TOKENS = flags.DEFINE_integer("new_tokens", 64, "Tokens sampled per rollout row.", lower_bound=1)
+_WORKDIR = flags.DEFINE_string("workdir", "/tmp/geor_bench_native", "Records and tokenizer (cached).")
+_RESULTS = flags.DEFINE_string("results", None, "Write the figures as JSON here.")
+FLAG_NAMES = ("threads", "images", "batch", "scale", "max_pixels", "num_shapes", "sort_window", "repeats",
+              "rollout_prompts", "group_size", "new_tokens")
 
 # MP16-like photo sizes (width, height) and their shares.
 MIX = (((640, 480), 0.4), ((480, 640), 0.2), ((500, 375), 0.25), ((1024, 768), 0.15))
@@ -151,7 +145,8 @@ class Epoch:
         self.shapes.append(key)
         self.representatives.setdefault(key, b)
         pixels = a["pixel_values"].shape
-        self.counts.update(images=int(keep.sum()), tokens=int(a["attention_mask"][keep].sum()),
+        tokens = int(a["prompt_mask"][keep].sum() + a["target_mask"][keep].sum())
+        self.counts.update(images=int(keep.sum()), tokens=tokens,
                            real_patches=int(np.prod(a["image_grid_thw"][keep], axis=1).sum()),
                            slot_patches=pixels[0] * (pixels[1] if len(pixels) == 3 else 1),
                            real_prompt=int(a["prompt_mask"][keep].sum()), slot_prompt=a["prompt_mask"].size)
@@ -207,8 +202,7 @@ def grid_class_epoch(native, batch_size: int, template) -> Epoch:
             arrays["pixel_values"] = (np.concatenate([e["pixel_values"] for e in chunk]) if start == 0
                                       else np.broadcast_to(np.float32(0), (batch_size * n, 1176)))
             arrays.update(image_grid_thw=np.tile(np.asarray(grid, np.int32), (batch_size, 1)),
-                          example_mask=(np.arange(batch_size) < real).astype(np.int32),
-                          attention_mask=np.concatenate([arrays["prompt_mask"], arrays["target_mask"]], 1))
+                          example_mask=(np.arange(batch_size) < real).astype(np.int32))
             epoch.add(pipeline.Batch(arrays, grid, {}))
     return epoch
 
@@ -217,17 +211,14 @@ def shape_of(b: pipeline.Batch):
     return (b.arrays["pixel_values"].shape, b.arrays["prompt_tokens"].shape, b.grid_thw)
 
 
-def prompts_of(b: pipeline.Batch, rows: slice = slice(None)) -> logprobs.Prompts:
-    a = b.arrays
-    tokens, mask = jnp.asarray(a["prompt_tokens"][rows]), jnp.asarray(a["prompt_mask"][rows])
-    if b.grid_thw is None:
-        return logprobs.Prompts(tokens, mask, jnp.asarray(a["pixel_values"][rows]), (),
-                                jnp.asarray(a["image_grid_thw"][rows]))
-    n = int(np.prod(b.grid_thw))
-    count = tokens.shape[0]
-    start = (rows.start or 0) * n
-    return logprobs.Prompts(tokens, mask, jnp.asarray(a["pixel_values"][start : start + count * n]),
-                            (b.grid_thw,) * count)
+def prompts_of(b: pipeline.Batch, rows: int | None = None) -> Prompts:
+    """The batch's prompts on device (its first ``rows`` only, if given)."""
+    p = b.prompts()
+    if rows is not None:
+        n = int(np.prod(b.grid_thw)) if b.grid_thw is not None else 0
+        p = Prompts(p.tokens[:rows], p.mask[:rows], p.pixel_values[: rows * n] if n else p.pixel_values[:rows],
+                    p.grids[:rows], None if p.row_grids is None else p.row_grids[:rows])
+    return jax.tree.map(jnp.asarray, p)
 
 
 class Timer:
@@ -253,10 +244,9 @@ class Timer:
 
     def rollout(self, b: pipeline.Batch) -> float:
         """Seconds of one rollout (prefill + decode) of the batch's first prompts, G samples each."""
-        r, start = prompts_of(b, slice(0, self.args.rollout_prompts)), time.perf_counter()
-        out = sampling.sample_groups(nnx.merge(self.graphdef, self.state.params), r.tokens, r.mask,
-                                     jax.random.key(1), self.sampling_config, group_size=self.args.group_size,
-                                     pixel_values=r.pixel_values, image_grid_thw=r.image_grid_thw)
+        r, start = prompts_of(b, self.args.rollout_prompts), time.perf_counter()
+        out = sampling.sample_groups(nnx.merge(self.graphdef, self.state.params), r, jax.random.key(1),
+                                     self.sampling_config, group_size=self.args.group_size)
         jax.block_until_ready(out.tokens)
         return time.perf_counter() - start
 
@@ -310,7 +300,8 @@ def continuous_mix_shapes(max_pixels: int, num_shapes: int, images: int = 4096) 
     return {"images": images, "distinct_grids": len(grids), "slots": len(used), "per_image_slot_padding": waste}
 
 
-def main(args) -> dict:
+def run(args) -> dict:
+    """Build the data, time the three layouts, print the table; ``args``: the parsed flags."""
     started = time.perf_counter()
     records_dir, tokenizer_dir = build_data(args.workdir, args.images, args.scale)
     tokenizer = tokenizer_lib.load_tokenizer(tokenizer_dir)
@@ -329,7 +320,8 @@ def main(args) -> dict:
     print(f"{args.images} images (MP16-like mix x{args.scale}), batch {args.batch}, max_pixels {args.max_pixels} "
           f"(bucket {side}x{side}); {args.threads} threads; load {common.load_average()}", flush=True)
     timer = Timer(tokenizer, args)
-    results = {"args": vars(args), "layouts": {name: epoch.padding() for name, epoch in layouts.items()}}
+    results = {"args": {name: getattr(args, name) for name in FLAG_NAMES},
+               "layouts": {name: epoch.padding() for name, epoch in layouts.items()}}
     for name, batches in layouts.items():
         results["layouts"][name]["sft_compiles"] = timer.warm_up(batches)
     for _ in range(args.repeats):
@@ -339,8 +331,8 @@ def main(args) -> dict:
         results["layouts"][name].update(timer.throughput(name, batches))
     results["continuous_mix"] = continuous_mix_shapes(args.max_pixels, args.num_shapes)
     base = results["layouts"]["bucket"]
-    print(f"\n| layout | padded patches | padded prompt tokens | patches / image | SFT compiles | SFT tokens/s | "
-          f"SFT images/s | rollout tokens/s |\n|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("\n| layout | padded patches | padded prompt tokens | patches / image | SFT compiles | SFT tokens/s | "
+          "SFT images/s | rollout tokens/s |\n|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, r in results["layouts"].items():
         print(f"| {name} | {100 * r['padded_patch_share']:.1f}% | {100 * r['padded_prompt_token_share']:.1f}% | "
               f"{r['patches_per_image']:.0f} | {r['sft_compiles']} | {r['sft_tokens_per_s']:.0f} "
@@ -357,5 +349,12 @@ def main(args) -> dict:
     return results
 
 
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    common.thread_flags(_THREADS.value)
+    run(flags.FLAGS)
+
+
 if __name__ == "__main__":
-    main(ARGS)
+    cli.main(main)

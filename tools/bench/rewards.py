@@ -13,9 +13,10 @@ import time
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from geor_jax import rewards
+from geor_jax.run import cli
 
 _SIZES = flags.DEFINE_list("sizes", ["1000", "65536"], "Batch sizes to time.")
 _REPEATS = flags.DEFINE_integer("repeats", 30, "Timed repeats per method (median reported).")
@@ -113,4 +114,4 @@ def main(_):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.main(main)

@@ -11,23 +11,23 @@ sort-based top-p cut-off, in the same run.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 import common  # noqa: E402
-
-common.thread_flags(2)
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
 from geor_jax import sampling  # noqa: E402
+from geor_jax.run import cli  # noqa: E402
 
 STEPS = 64
+_ROWS = flags.DEFINE_integer("rows", 16, "Rows of logits (samples decoded at once).", lower_bound=1)
+_VOCAB = flags.DEFINE_integer("vocab", 8192, "Vocabulary size.", lower_bound=2)
 
 
 def per_step_ms(draw, logits: jax.Array) -> float:
@@ -53,12 +53,11 @@ def sorted_top_p(scaled: jax.Array, top_p: float) -> jax.Array:
     return jnp.where(scaled < jnp.min(kept, axis=-1, keepdims=True), -jnp.inf, scaled)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=16)
-    parser.add_argument("--vocab", type=int, default=8192)
-    args = parser.parse_args()
-    logits = jnp.asarray(np.random.RandomState(0).randn(args.rows, args.vocab).astype(np.float32))
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    common.thread_flags(2)
+    logits = jnp.asarray(np.random.RandomState(0).randn(_ROWS.value, _VOCAB.value).astype(np.float32))
     plain = sampling.SamplingConfig(temperature=0.9)
     nucleus = sampling.SamplingConfig(temperature=0.9, top_p=0.95)
     greedy = sampling.SamplingConfig(greedy=True)
@@ -80,11 +79,11 @@ def main():
         ("top-p 0.95: sort + categorical", sort_then_categorical),
         ("top-p 0.95: sample_tokens (bisection + inverse CDF)", lambda l, k: sampling.sample_tokens(l, k, nucleus)),
     ]
-    print(f"rows {args.rows}  vocab {args.vocab}  load {common.load_average()}")
+    print(f"rows {_ROWS.value}  vocab {_VOCAB.value}  load {common.load_average()}")
     print("| sampling | ms per step |\n| --- | ---: |")
     for name, draw in rows:
         print(f"| {name} | {per_step_ms(draw, logits):.3f} |", flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    cli.main(main)

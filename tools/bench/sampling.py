@@ -18,46 +18,42 @@ each weight streamed once: the floor with XLA's matmul kernels).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+from absl import app, flags
+from flax import nnx
 
-def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--prompts", type=int, default=2)
-    parser.add_argument("--groups", type=str, default="4,8,16")
-    parser.add_argument("--new_tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--torch_repeats", type=int, default=3)
-    parser.add_argument("--scan_layers", action="store_true")
-    parser.add_argument("--skip_torch", action="store_true")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                        help="Parameter and compute dtype of both sides (the peak is measured in it too).")
-    parser.add_argument("--jax_compute_dtype", choices=("float32", "bfloat16"), default=None,
-                        help="geor_jax's compute dtype if not --dtype (e.g. bfloat16 weights, float32 activations).")
-    return parser.parse_args()
-
-
-ARGS = parse_args()
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 import common  # noqa: E402
-
-common.thread_flags(ARGS.threads)
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from flax import nnx  # noqa: E402
-
 from common import GRID, IMAGE_TOKEN, VISION_END, VISION_START, copy_bandwidth, matmul_peak, median_time  # noqa: E402
 from geor_jax import sampling  # noqa: E402
 from geor_jax.models import qwen2_5_vl as qvl  # noqa: E402
 from geor_jax.models.qwen2_5_vl import layers  # noqa: E402
+from geor_jax.rollout import Prompts  # noqa: E402
+from geor_jax.run import cli  # noqa: E402
+
+_THREADS = flags.DEFINE_integer("threads", 2, "CPU threads of both sides.", lower_bound=1)
+_PROMPTS = flags.DEFINE_integer("prompts", 2, "Prompts per call (B).", lower_bound=1)
+_GROUPS = flags.DEFINE_list("groups", ["4", "8", "16"], "Samples per prompt (G), comma-separated.")
+_NEW_TOKENS = flags.DEFINE_integer("new_tokens", 64, "Tokens sampled per row.", lower_bound=2)
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed geor_jax calls (median reported).", lower_bound=1)
+_TORCH_REPEATS = flags.DEFINE_integer("torch_repeats", 3, "Timed transformers calls (median reported).", lower_bound=1)
+_SCAN_LAYERS = flags.DEFINE_bool("scan_layers", False, "geor_jax: one scanned block instead of unrolled layers.")
+_SKIP_TORCH = flags.DEFINE_bool("skip_torch", False, "Time geor_jax only (the weights still come from transformers).")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
+                           "Parameter and compute dtype of both sides (the peak is measured in it too).")
+_JAX_COMPUTE_DTYPE = flags.DEFINE_enum("jax_compute_dtype", None, ["float32", "bfloat16"],
+                                       "geor_jax's compute dtype if not --dtype (e.g. bfloat16 weights, float32 "
+                                       "activations).")
+flags.register_validator("groups", lambda groups: all(g.isdigit() and int(g) >= 1 for g in groups),
+                         "comma-separated positive integers")
 
 TEMPERATURE = 0.9
 
@@ -102,57 +98,59 @@ def loop_step_time(model, rows: int, slots: int, repeats: int, steps: int = 16) 
     return median_time(lambda: jax.block_until_ready(run(state)), repeats)[0] / steps
 
 
-def main():
-    torch.set_num_threads(ARGS.threads)
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    common.thread_flags(_THREADS.value)
+    torch.set_num_threads(_THREADS.value)
     hf = common.bench_hf_model()
-    dtype = jnp.dtype(ARGS.dtype)
+    dtype = jnp.dtype(_DTYPE.value)
     n_params = sum(p.numel() for p in hf.parameters())
     with tempfile.TemporaryDirectory() as tmp:
         hf.save_pretrained(tmp)
-        model = qvl.load_hf_checkpoint(tmp, scan_layers=ARGS.scan_layers, param_dtype=dtype,
-                                       dtype=jnp.dtype(ARGS.jax_compute_dtype or ARGS.dtype))
-    hf = hf.to(getattr(torch, ARGS.dtype))
-    ids, mask, pixels, grids = bench_prompts(ARGS.prompts, model.config.vision.patch_dim)
-    prompt_len, new = ids.shape[1], ARGS.new_tokens
+        model = qvl.load_hf_checkpoint(tmp, scan_layers=_SCAN_LAYERS.value, param_dtype=dtype,
+                                       dtype=jnp.dtype(_JAX_COMPUTE_DTYPE.value or _DTYPE.value))
+    hf = hf.to(getattr(torch, _DTYPE.value))
+    ids, mask, pixels, grids = bench_prompts(_PROMPTS.value, model.config.vision.patch_dim)
+    prompt_len, new = ids.shape[1], _NEW_TOKENS.value
     peak, bandwidth = matmul_peak(dtype=dtype), copy_bandwidth()
     param_bytes = common.streamed_param_bytes(model)
-    print(f"params {n_params / 1e6:.1f}M (decode streams {param_bytes / 1e6:.0f} MB)  prompts {ARGS.prompts} x {prompt_len} "
-          f"tokens (padded)  new tokens {new}  threads {ARGS.threads}  scan_layers {ARGS.scan_layers}  dtype {ARGS.dtype}"
+    print(f"params {n_params / 1e6:.1f}M (decode streams {param_bytes / 1e6:.0f} MB)  prompts {_PROMPTS.value} x {prompt_len} "
+          f"tokens (padded)  new tokens {new}  threads {_THREADS.value}  scan_layers {_SCAN_LAYERS.value}  dtype {_DTYPE.value}"
           f"  jax compute dtype {jnp.dtype(model.text.dtype)}")
-    print(f"{ARGS.dtype} matmul peak (2048^3 jnp.dot) {peak / 1e9:.1f} GFLOP/s; copy bandwidth (256 MB in-place x*c, read+write) "
+    print(f"{_DTYPE.value} matmul peak (2048^3 jnp.dot) {peak / 1e9:.1f} GFLOP/s; copy bandwidth (256 MB in-place x*c, read+write) "
           f"{bandwidth / 1e9:.1f} GB/s")
     config = sampling.SamplingConfig(max_new_tokens=new, temperature=TEMPERATURE)
-    jids, jmask, jpix = jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(pixels)
+    prompts = Prompts(jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(pixels), grids)
     rows_header = ("G", "jax s/call", "jax tok/s", "hf s/call", "hf tok/s", "ratio", "prefill s", "step ms",
                    "bound ms", "step/bound", "bound tok/s", "matmuls ms", "step/matmuls")
     results = []
-    for group in (int(g) for g in ARGS.groups.split(",")):
-        rows = ARGS.prompts * group
+    for group in map(int, _GROUPS.value):
+        rows = _PROMPTS.value * group
         key = jax.random.key(0)
 
         def call():
-            out = sampling.sample_groups(model, jids, jmask, key, config, group_size=group, pixel_values=jpix,
-                                         image_grid_thw=grids)
-            return jax.block_until_ready(out)
+            return jax.block_until_ready(sampling.sample_groups(model, prompts, key, config, group_size=group))
 
         out = call()
         assert int(np.min(np.asarray(out.lengths))) == new
-        jax_s, _ = median_time(call, ARGS.repeats)
+        jax_s, _ = median_time(call, _REPEATS.value)
 
-        def prefill():
-            return jax.block_until_ready(sampling.prefill_groups(
-                model, jids, jmask, group_size=group, max_len=prompt_len + new, pixel_values=jpix, image_grid_thw=grids))
+        def prefill():  # the prefill phase of ``call``, its model split included
+            graphdef, state = nnx.split(model)
+            return jax.block_until_ready(sampling.prefill(graphdef, state, prompts, group_size=group,
+                                                          max_len=prompt_len + new))
 
-        prefill_s, _ = median_time(prefill, ARGS.repeats)
+        prefill_s, _ = median_time(prefill, _REPEATS.value)
         step_s = (jax_s - prefill_s) / (new - 1)
         flops, step_bytes = common.decode_step_cost(model, rows, prompt_len, new)
         bound_s = max(flops / peak, step_bytes / bandwidth)
-        full_slots_s = loop_step_time(model, rows, prompt_len + new, ARGS.repeats)
-        completion_slots_s = loop_step_time(model, rows, new, ARGS.repeats)
+        full_slots_s = loop_step_time(model, rows, prompt_len + new, _REPEATS.value)
+        completion_slots_s = loop_step_time(model, rows, new, _REPEATS.value)
         operand_dtype = layers.matmul_dtype(dtype, model.text.dtype)
-        matmuls_s = common.weight_matmul_time(model.config.text, rows, operand_dtype, ARGS.repeats)
+        matmuls_s = common.weight_matmul_time(model.config.text, rows, operand_dtype, _REPEATS.value)
         hf_s = float("nan")
-        if not ARGS.skip_torch:
+        if not _SKIP_TORCH.value:
             def hf_call():
                 with torch.no_grad():
                     return hf.generate(
@@ -163,7 +161,7 @@ def main():
                         max_new_tokens=new, min_new_tokens=new, pad_token_id=0)
 
             assert hf_call().shape == (rows, prompt_len + new)
-            hf_s, _ = median_time(hf_call, ARGS.torch_repeats)
+            hf_s, _ = median_time(hf_call, _TORCH_REPEATS.value)
         generated = rows * new
         results.append((group, jax_s, generated / jax_s, hf_s, generated / hf_s, hf_s / jax_s, prefill_s, 1e3 * step_s,
                         1e3 * bound_s, step_s / bound_s, rows / bound_s, 1e3 * matmuls_s, step_s / matmuls_s))
@@ -180,4 +178,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    cli.main(main)

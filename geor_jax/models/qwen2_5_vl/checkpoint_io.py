@@ -23,9 +23,10 @@ from typing import Iterator
 
 import jax
 import jax.numpy as jnp
-from jax.experimental import multihost_utils
+import ml_dtypes
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
 
 from geor_jax import sharding as sharding_lib
@@ -38,6 +39,7 @@ _RENAMES = {
     ("merger", "fc1"): ("merger", "mlp", "0"),
     ("merger", "fc2"): ("merger", "mlp", "2"),
 }
+_FLOAT_DTYPES = {np.dtype(np.float64), np.dtype(np.float32), np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)}
 _LEAF_NAMES = {"kernel": "weight", "scale": "weight", "bias": "bias", "embed_tokens": "embed_tokens.weight"}
 
 
@@ -131,9 +133,12 @@ def _check_tensors(
         layer_shape = var.shape[1:] if _is_stacked(path, model) else var.shape
         expected = _hf_shape(path, var, layer_shape, model.config)
         for name in names:
-            got = reader.shape(available[name])
+            got, dtype = reader.shape(available[name]), reader.dtype(available[name])
             if got != expected:
                 message = f"shape {got}, but parameter {'/'.join(map(str, path))} needs HF shape {expected}"
+                raise safetensors_io.CheckpointFileError(reader.file(available[name]), message, available[name])
+            if dtype not in _FLOAT_DTYPES:  # every parameter is a float: an integer tensor would be cast silently
+                message = f"dtype {dtype.name}, but parameter {'/'.join(map(str, path))} needs a float dtype"
                 raise safetensors_io.CheckpointFileError(reader.file(available[name]), message, available[name])
         used.update(names)
         plan.append((path, var, names, layer_shape))

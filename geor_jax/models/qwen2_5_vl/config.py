@@ -14,6 +14,8 @@ import json
 import os
 from typing import Any
 
+from geor_jax import config_fields
+
 QWEN2_5_VL = "qwen2_5_vl"
 QWEN2_VL = "qwen2_vl"
 
@@ -47,6 +49,9 @@ class VisionConfig:
     rope_theta: float = 10000.0
     norm_eps: float = 1e-6
 
+    def __post_init__(self):
+        config_fields.check(self)  # types only (lists from JSON become tuples); ``validate`` checks values
+
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
@@ -79,8 +84,11 @@ class TextConfig:
     hidden_act: str = "silu"
     rms_norm_eps: float = 1e-6
     rope_theta: float = 1000000.0
-    mrope_section: tuple[int, int, int] = (16, 24, 24)
+    mrope_section: tuple[int, ...] = (16, 24, 24)
     tie_word_embeddings: bool = False
+
+    def __post_init__(self):
+        config_fields.check(self)  # types only (lists from JSON become tuples); ``validate`` checks values
 
     @property
     def head_dim(self) -> int:

@@ -157,6 +157,10 @@ class CheckpointReader:
         """The shape the header gives tensor ``name``."""
         return tuple(self._entries[name][2]["shape"])
 
+    def dtype(self, name: str) -> np.dtype:
+        """The NumPy dtype the header gives tensor ``name``."""
+        return _DTYPES[self._entries[name][2]["dtype"]]
+
     def file(self, name: str) -> str:
         """Path of the file holding tensor ``name``."""
         return self._entries[name][0]
