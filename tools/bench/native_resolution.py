@@ -70,8 +70,10 @@ _GROUP_SIZE = flags.DEFINE_integer("group_size", 8, "Samples per prompt (G).", l
 _NEW_TOKENS = flags.DEFINE_integer("new_tokens", 64, "Tokens sampled per rollout row.", lower_bound=1)
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/geor_bench_native", "Records and tokenizer (cached).")
 _RESULTS = flags.DEFINE_string("results", None, "Write the figures as JSON here.")
+_TIMING = flags.DEFINE_bool("timing", True, "Time the SFT step and rollouts (compiles the bench model once per "
+                            "shape); --notiming prints the host-side figures only: padding and distinct shapes.")
 FLAG_NAMES = ("threads", "images", "batch", "scale", "max_pixels", "num_shapes", "sort_window", "repeats",
-              "rollout_prompts", "group_size", "new_tokens")
+              "rollout_prompts", "group_size", "new_tokens", "timing")
 
 # MP16-like photo sizes (width, height) and their shares.
 MIX = (((640, 480), 0.4), ((480, 640), 0.2), ((500, 375), 0.25), ((1024, 768), 0.15))
@@ -276,9 +278,9 @@ class Timer:
         sft_epoch = sum(median[key]["sft"] for key in epoch.shapes)
         rollout_epoch = sum(median[key]["rollout"] for key in epoch.shapes)
         generated = len(epoch.shapes) * self.args.rollout_prompts * self.args.group_size * self.args.new_tokens
-        return {"shapes": len(median), "sft_tokens_per_s": epoch.counts["tokens"] / sft_epoch,
+        return {"sft_tokens_per_s": epoch.counts["tokens"] / sft_epoch,
                 "sft_images_per_s": epoch.counts["images"] / sft_epoch,
-                "rollout_tokens_per_s": generated / rollout_epoch, "batches": len(epoch.shapes)}
+                "rollout_tokens_per_s": generated / rollout_epoch}
 
 
 def continuous_mix_shapes(max_pixels: int, num_shapes: int, images: int = 4096) -> dict:
@@ -319,26 +321,37 @@ def run(args) -> dict:
     }
     print(f"{args.images} images (MP16-like mix x{args.scale}), batch {args.batch}, max_pixels {args.max_pixels} "
           f"(bucket {side}x{side}); {args.threads} threads; load {common.load_average()}", flush=True)
-    timer = Timer(tokenizer, args)
     results = {"args": {name: getattr(args, name) for name in FLAG_NAMES},
-               "layouts": {name: epoch.padding() for name, epoch in layouts.items()}}
-    for name, batches in layouts.items():
-        results["layouts"][name]["sft_compiles"] = timer.warm_up(batches)
-    for _ in range(args.repeats):
+               "layouts": {name: epoch.padding() | {"shapes": len(epoch.representatives), "batches": len(epoch.shapes)}
+                           for name, epoch in layouts.items()}}
+    if args.timing:
+        timer = Timer(tokenizer, args)
         for name, batches in layouts.items():
-            timer.round(name, batches)
-    for name, batches in layouts.items():
-        results["layouts"][name].update(timer.throughput(name, batches))
+            results["layouts"][name]["sft_compiles"] = timer.warm_up(batches)
+        for _ in range(args.repeats):
+            for name, batches in layouts.items():
+                timer.round(name, batches)
+        for name, batches in layouts.items():
+            results["layouts"][name].update(timer.throughput(name, batches))
     results["continuous_mix"] = continuous_mix_shapes(args.max_pixels, args.num_shapes)
     base = results["layouts"]["bucket"]
-    print("\n| layout | padded patches | padded prompt tokens | patches / image | SFT compiles | SFT tokens/s | "
-          "SFT images/s | rollout tokens/s |\n|---|---:|---:|---:|---:|---:|---:|---:|")
+    if args.timing:
+        print("\n| layout | padded patches | padded prompt tokens | patches / image | shapes | SFT compiles | "
+              "SFT tokens/s | SFT images/s | rollout tokens/s |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    else:
+        print("\n| layout | padded patches | padded prompt tokens | patches / image | shapes (compiles per jitted "
+              "function) | batches |\n|---|---:|---:|---:|---:|---:|")
     for name, r in results["layouts"].items():
-        print(f"| {name} | {100 * r['padded_patch_share']:.1f}% | {100 * r['padded_prompt_token_share']:.1f}% | "
-              f"{r['patches_per_image']:.0f} | {r['sft_compiles']} | {r['sft_tokens_per_s']:.0f} "
-              f"({r['sft_tokens_per_s'] / base['sft_tokens_per_s']:.2f}x) | {r['sft_images_per_s']:.2f} "
-              f"({r['sft_images_per_s'] / base['sft_images_per_s']:.2f}x) | {r['rollout_tokens_per_s']:.0f} "
-              f"({r['rollout_tokens_per_s'] / base['rollout_tokens_per_s']:.2f}x) |")
+        row = (f"| {name} | {100 * r['padded_patch_share']:.1f}% | {100 * r['padded_prompt_token_share']:.1f}% | "
+               f"{r['patches_per_image']:.0f} | {r['shapes']} |")
+        if args.timing:
+            row += (f" {r['sft_compiles']} | {r['sft_tokens_per_s']:.0f} "
+                    f"({r['sft_tokens_per_s'] / base['sft_tokens_per_s']:.2f}x) | {r['sft_images_per_s']:.2f} "
+                    f"({r['sft_images_per_s'] / base['sft_images_per_s']:.2f}x) | {r['rollout_tokens_per_s']:.0f} "
+                    f"({r['rollout_tokens_per_s'] / base['rollout_tokens_per_s']:.2f}x) |")
+        else:
+            row += f" {r['batches']} |"
+        print(row)
     c = results["continuous_mix"]
     print(f"\nContinuous mix ({c['images']} random Flickr-like sizes): grid classes need {c['distinct_grids']} "
           f"compiled shapes, slots {c['slots']} (<= {args.num_shapes}) with {100 * c['per_image_slot_padding']:.1f}% "
