@@ -26,7 +26,10 @@ TRAIN_IMAGES, TEST_IMAGES = 400, 256
 def get_recipe():
     """The demo world (world seeds: train 0, held-out test 1) and MP16-Hard mining of the recipe."""
     r = ml_collections.ConfigDict()
-    r.world = dict(train_images=TRAIN_IMAGES, test_images=TEST_IMAGES, image_side=112, vocab_size=2048)
+    # (height, width) of the photos, one drawn per photo: square, 2:1 landscape, 1:2 portrait. Each keeps its
+    # shape (native resolution: 64, 72 and 72 patches), so the runs compile two batch shapes.
+    r.world = dict(train_images=TRAIN_IMAGES, test_images=TEST_IMAGES, image_sizes=((112, 112), (84, 168), (168, 84)),
+                   vocab_size=2048)
     r.mining = dict(radius_km=200.0, correct_km=25.0)  # the paper's
     return r
 
@@ -43,16 +46,18 @@ def get_config(variant: str = "sft"):
     c.model.vision.update(depth=2, hidden_size=64, num_heads=2, intermediate_size=128, window_size=112,
                           fullatt_block_indexes=(1,))
 
-    c.data.records_dir = f"{DEMO_ROOT}/data/geo_cor_records/demo_{TRAIN_IMAGES}_0_train/1.1.0"
+    c.data.records_dir = f"{DEMO_ROOT}/data/geo_cor_records/demo_sizes_{TRAIN_IMAGES}_0_train/1.1.0"
     c.data.tokenizer_dir = f"{DEMO_ROOT}/data/demo_tokenizer"
     c.data.global_batch_size = 16 if stage == "sft" else 8
-    c.data.buckets = ((112, 112),)  # 8x8 patches -> 16 image tokens
-    c.data.max_prompt_len = 64
+    # Photos at native resolution (launch/demo.py: 112x112, 84x168, 168x84 -> 16 or 18 image tokens), capped at
+    # 32 tokens; slot sizes fitted to the data: the two the photos need, and one for anything up to the cap.
+    c.data.processor.max_pixels = 112 * 112 * 2
+    c.data.num_shapes = 3
     c.data.max_target_len = 64
     c.data.worker_count = 0
     c.data.prompt.instruction = "Where was this photo taken? Answer with Country, State, City and Coordinates."
 
-    c.eval.records_dir = f"{DEMO_ROOT}/data/geo_cor_records/demo_{TEST_IMAGES}_1_test/1.1.0"
+    c.eval.records_dir = f"{DEMO_ROOT}/data/geo_cor_records/demo_sizes_{TEST_IMAGES}_1_test/1.1.0"
     c.eval.batch_size = 64
     c.eval.num_examples = 0  # all
     c.eval.every_steps = 0  # 0: only at the end

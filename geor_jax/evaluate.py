@@ -26,7 +26,7 @@ import reverse_geocoder
 from matplotlib.figure import Figure  # no pyplot: plotting never picks a GUI backend or global state
 
 from geor_jax import config_fields, geo, paths, progress, regions, rewards, sampling, sharding
-from geor_jax.data import pipeline
+from geor_jax.data import builder, pipeline
 
 LEVELS = rewards.LEVELS
 
@@ -143,20 +143,20 @@ def generate_answers(model, tokenizer, batches, max_new_tokens: int, *, mesh=Non
 def evaluate_policy(model, tokenizer, data: pipeline.PipelineConfig, config: EvalConfig, mesh=None):
     """Greedy answers of ``model`` on the records of an evaluation pipeline (``run.build.eval_pipeline``), scored.
 
-    Every example of the split (or the first ``config.num_examples``) is
-    evaluated exactly once across hosts; the results are the same on every
-    host and equal to a single host's. Returns (metrics, per-example results)
-    of ``evaluate_answers`` and the records' ids.
+    Every example of the split (or its first ``config.num_examples``
+    records: native batches sort by size within windows, so the pipeline
+    itself reads only those) is evaluated exactly once across hosts; the
+    results are the same on every host and equal to a single host's. Returns
+    (metrics, per-example results) of ``evaluate_answers`` and the records' ids.
     """
     with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
-        batches = pipeline.make_iterator(data, mesh)
-        total = batches.num_records
-        if config.num_examples and config.num_examples < total:
+        batches = pipeline.make_iterator(dataclasses.replace(data, num_records=config.num_examples or None), mesh)
+        available = len(builder.open_records(data.records_dir, data.split))
+        if batches.num_records < available:
             logging.warning("evaluating the first %d of the %d examples of %s (eval.num_examples; 0 = all)",
-                            config.num_examples, total, data.records_dir)
-            total = config.num_examples
+                            batches.num_records, available, data.records_dir)
         answers = generate_answers(model, tokenizer, batches, config.max_new_tokens, mesh=mesh,
-                                   max_examples=config.num_examples, total=total)
+                                   total=batches.num_records)
     metrics, per_example = evaluate_answers(answers["texts"], answers["lat"], answers["lon"], answers["regions"])
     return metrics, per_example, answers["ids"]
 

@@ -60,7 +60,7 @@ def continuation_logprobs(
             jnp.concatenate([full.tokens, tokens], axis=1),
             jnp.concatenate([full.mask, mask], axis=1),
             pixel_values=full.pixel_values,
-            image_grid_thw=full.grids,
+            image_grid_thw=full.image_grid_thw,
         )
         # Position P - 1 + i predicts continuation token i.
         hidden = hidden[:, prompt_len - 1 : prompt_len - 1 + tokens.shape[1]]
@@ -72,7 +72,8 @@ def _shared_prompt_hidden(model, prompts, tokens, mask, group_size):
     batch, prompt_len = prompts.tokens.shape
     cache = model.init_cache(batch, prompt_len + tokens.shape[1])
     prompt_hidden, cache = model.hidden_states(
-        prompts.tokens, prompts.mask, pixel_values=prompts.pixel_values, image_grid_thw=prompts.grids, cache=cache
+        prompts.tokens, prompts.mask, pixel_values=prompts.pixel_values, image_grid_thw=prompts.image_grid_thw,
+        cache=cache
     )
     first = jnp.repeat(prompt_hidden[:, -1:], group_size, axis=0)
     hidden, _ = model.hidden_states(tokens, mask, cache=qvl.repeat_rows(cache, group_size))

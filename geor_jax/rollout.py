@@ -20,15 +20,30 @@ Grid = tuple[int, int, int]
 @struct.dataclass
 class Prompts:
     """B image prompts. tokens/mask: (B, P) left-padded; pixel_values: the patches of the
-    images in order (None for text-only); grids: one static (t, h, w) per image."""
+    images in order (None for text-only); grids: one static (t, h, w) per image.
+
+    Native-resolution batches hold one image per row instead: pixel_values
+    (B, L, patch_dim) patch slots, ``row_grids`` (B, 3) int32 (data, not
+    static, so any mix of grids that fits the slots shares one compile) and
+    no ``grids`` (``qwen2_5_vl.image_rows``)."""
 
     tokens: jax.Array
     mask: jax.Array
     pixel_values: jax.Array | None
     grids: tuple[Grid, ...] = struct.field(pytree_node=False)
+    row_grids: jax.Array | None = None
+
+    @property
+    def image_grid_thw(self):
+        """What the model's ``image_grid_thw`` takes: the static grids, or the per-row grid array."""
+        return self.grids if self.row_grids is None else self.row_grids
 
     def matches_grids(self) -> bool:
-        """Whether the patch rows equal the grids' patch count (a static check)."""
+        """Whether the patch rows equal the grids' patch count, or there is one patch slot per row (static)."""
+        if self.row_grids is not None:
+            rows = self.tokens.shape[0]
+            return (not self.grids and self.pixel_values is not None and self.pixel_values.ndim == 3
+                    and self.pixel_values.shape[0] == rows and self.row_grids.shape == (rows, 3))
         if self.pixel_values is None:
             return not self.grids
         return self.pixel_values.shape[0] == sum(t * h * w for t, h, w in self.grids)
@@ -37,6 +52,8 @@ class Prompts:
         """Each prompt (and its image) repeated ``group_size`` times, group-major."""
         if group_size == 1:
             return self
+        if self.row_grids is not None:
+            return jax.tree.map(lambda x: jnp.repeat(x, group_size, axis=0), self)
         pixel_values = None
         if self.pixel_values is not None:
             per_image = [t * h * w for t, h, w in self.grids]
@@ -56,17 +73,20 @@ class Prompts:
     def split(self, num_micro_batches: int) -> Prompts:
         """Arrays reshaped to (num_micro_batches, B / num_micro_batches, ...), for ``lax.scan``.
 
-        Every micro-batch must hold the same image grids (true for pipeline
-        batches, which share one resolution bucket), since grids are static.
+        Static grids must be the same in every micro-batch (true for bucketed
+        pipeline batches, which share one resolution); per-row grids
+        (``row_grids``) split with their rows.
         """
         batch = self.tokens.shape[0]
         if batch % num_micro_batches:
             raise ValueError(f"{batch} prompts do not split into {num_micro_batches} micro-batches")
+        split = lambda x: x.reshape(num_micro_batches, x.shape[0] // num_micro_batches, *x.shape[1:])  # noqa: E731
+        if self.row_grids is not None:
+            return jax.tree.map(split, self)
         images_per_micro = len(self.grids) // num_micro_batches
         micro_grids = self.grids[:images_per_micro]
         if len(self.grids) % num_micro_batches or micro_grids * num_micro_batches != self.grids:
             raise ValueError(f"image grids {self.grids} differ between the {num_micro_batches} micro-batches")
-        split = lambda x: x.reshape(num_micro_batches, x.shape[0] // num_micro_batches, *x.shape[1:])  # noqa: E731
         return Prompts(tokens=split(self.tokens), mask=split(self.mask),
                        pixel_values=None if self.pixel_values is None else split(self.pixel_values),
                        grids=micro_grids)

@@ -246,7 +246,7 @@ def prefill(graphdef: nnx.GraphDef, state: nnx.State, prompts: Prompts, *, group
     model = nnx.merge(graphdef, state)
     cache = model.init_cache(prompts.tokens.shape[0], max_len)
     hidden, cache = model.hidden_states(prompts.tokens, prompts.mask, pixel_values=prompts.pixel_values,
-                                        image_grid_thw=prompts.grids, cache=cache)
+                                        image_grid_thw=prompts.image_grid_thw, cache=cache)
     logits = model.logits(_lm_head_input(hidden[:, -1:]))[:, 0]
     return _constrain_rows((repeat_rows(cache, group_size), jnp.repeat(logits, group_size, axis=0)), mesh)
 
@@ -353,6 +353,10 @@ def validate_inputs(model: Qwen2VL, prompts: Prompts, group_size, config: Sampli
     if config.max_cache_len is not None and length + config.max_new_tokens > config.max_cache_len:
         raise ValueError(f"prompt length {length} + max_new_tokens {config.max_new_tokens} exceeds "
                          f"max_cache_len {config.max_cache_len}")
+    if prompts.row_grids is not None and not prompts.matches_grids():
+        raise ValueError(f"one image per row: pixel_values {getattr(prompts.pixel_values, 'shape', None)} and "
+                         f"row_grids {prompts.row_grids.shape} need {batch} rows (B, L, patch_dim) and (B, 3), "
+                         f"and no static grids (got {prompts.grids})")
     if not prompts.matches_grids():
         got = None if prompts.pixel_values is None else prompts.pixel_values.shape
         patches = sum(t * h * w for t, h, w in prompts.grids)
@@ -387,8 +391,9 @@ def sample_groups(
 
     Returns a ``Rollout`` of B*G group-major rows (row b*G+g is sample g of
     prompt b) holding ``prompts``. Compiles once per (model graph, B, P, G,
-    image grids, config, mesh); the sampling key and the weights are
-    ordinary arguments.
+    image grids (or, for one image per row, the patch slot length), config,
+    mesh); the sampling key, the weights and per-row grids are ordinary
+    arguments.
     """
     prompts = prompts.replace(grids=static_grids(prompts.grids))
     validate_inputs(model, prompts, group_size, config)

@@ -184,3 +184,14 @@ def write_exact_collection(root: str) -> dict[str, tuple[float, float]]:
     with open(os.path.join(root, "images.csv"), "w", encoding="utf-8") as f:
         f.write("image_path,lat,lon\n" + "".join(f"{name},{lat},{lon}\n" for name, lat, lon in EXACT))
     return {name: (float(lat), float(lon)) for name, lat, lon in EXACT}
+
+
+def write_sized_collection(root: str, sizes) -> None:
+    """A generic collection of len(sizes) JPEGs of the given (width, height), at PLACES in turn."""
+    rows = []
+    for i, size in enumerate(sizes):
+        stem, lat, lon, _ = PLACES[i % len(PLACES)]
+        write_jpeg(os.path.join(root, f"{i:03d}_{stem}.jpg"), i, size=size)
+        rows.append(f"{i:03d}_{stem}.jpg,{lat + i * 1e-3},{lon}\n")
+    with open(os.path.join(root, "images.csv"), "w", encoding="utf-8") as f:
+        f.write("image_path,lat,lon\n" + "".join(rows))

@@ -110,3 +110,26 @@ def _jit_forward():
         return model(ids, mask, pixel_values=pixel_values, image_grid_thw=grids).logits
 
     return nnx.jit(forward, static_argnames="grids")
+
+
+def hf_processor(directory):
+    """transformers' Qwen2.5-VL processor (image processor + tokenizer with its chat template) of a directory.
+
+    ``AutoProcessor`` would also build the video processor, which imports
+    torchvision, and torchvision does not load beside the CPU torch here
+    (DESIGN.md); this subclass leaves video out and is otherwise the stock class.
+    """
+    from transformers import AutoImageProcessor, AutoTokenizer
+    from transformers.models.qwen2_5_vl.processing_qwen2_5_vl import Qwen2_5_VLProcessor
+    from transformers.processing_utils import ProcessorMixin
+
+    class ImageOnlyProcessor(Qwen2_5_VLProcessor):
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+            self.image_token, self.video_token = "<|image_pad|>", "<|video_pad|>"
+            self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+            self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+            ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    return ImageOnlyProcessor(AutoImageProcessor.from_pretrained(directory), tokenizer,
+                              chat_template=tokenizer.chat_template)

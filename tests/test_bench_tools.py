@@ -85,21 +85,22 @@ def test_plan_state_bytes_are_exact_and_shard():
     assert one.state_bytes / 4 <= four.state_bytes < 0.4 * one.state_bytes
 
 
-def test_plan_sft_step_updates_the_state_in_place():
+# A 56x56 bucket (4x4 patches), or native sizing's worst case at max_pixels 56*56: a full 16-patch slot.
+@pytest.mark.parametrize("images", [plan_memory.Images(grid=(1, 4, 4)), plan_memory.Images(slot=16)])
+def test_plan_sft_step_updates_the_state_in_place(images):
     plan = _plan(2)
-    grid = plan_memory.image_grid(56, plan.config)
-    (phase,) = plan_memory.plan_sft(plan, batch=2, seq=48, target_len=16, grid=grid, micro_batches=1)
+    (phase,) = plan_memory.plan_sft(plan, batch=2, seq=48, target_len=16, images=images, micro_batches=1)
     assert phase.aliased >= 0.99 * plan.state_bytes  # the donated train state is updated in place
     assert phase.peak > plan.state_bytes and phase.temporaries > 0
 
 
-def test_plan_grpo_rollout_phases_grow_with_group_size():
+@pytest.mark.parametrize("images", [plan_memory.Images(grid=(1, 4, 4)), plan_memory.Images(slot=16)])
+def test_plan_grpo_rollout_phases_grow_with_group_size(images):
     plan = _plan(2)
-    grid = plan_memory.image_grid(56, plan.config)
 
     def phases(group_size):
-        return plan_memory.plan_grpo(plan, prompts=2, group_size=group_size, prompt_len=24, completion_len=8, grid=grid,
-                                     micro_batches=1, shared_prompt=True, update=False)
+        return plan_memory.plan_grpo(plan, prompts=2, group_size=group_size, prompt_len=24, completion_len=8,
+                                     images=images, micro_batches=1, shared_prompt=True, update=False)
 
     small, large = phases(2), phases(8)
     assert [p.name for p in small] == ["rollout prefill", "rollout decode", "reference logprobs"]
@@ -112,6 +113,7 @@ def test_plan_grpo_rollout_phases_grow_with_group_size():
 @pytest.mark.parametrize("flag, message", [
     ("--mesh=1,8", "--mesh needs three positive sizes data,fsdp,tensor, got '1,8'"),
     ("--model=tiny --image_side=100", "--image_side 100 must be a multiple of 28"),
+    ("--model=tiny --max_pixels=100", "--max_pixels 100: PatchConfig.max_pixels: need 784 <= max_pixels"),
 ])
 def test_plan_memory_cli_rejects_bad_flags_in_one_line(flag, message):
     """A bad flag is one ``plan_memory.py: ...`` line and exit status 2, before anything compiles."""

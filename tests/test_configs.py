@@ -12,6 +12,7 @@ import pytest
 from flax import nnx
 
 from geor_jax import config_fields, grpo, sft, train_state
+from geor_jax.data import patches, pipeline
 from geor_jax.models import qwen2_5_vl as qvl
 from geor_jax.rollout import Prompts, Rollout
 from geor_jax.run import config as run_config
@@ -54,6 +55,9 @@ def test_real_configs_follow_the_paper():
     assert grpo_run.optimizer.learning_rate == 1e-6 and grpo_run.reward.breakpoints_km == (750.0, 2500.0, 20000.0)
     assert run_config.resolve(load("geor_3b_grpo.py", "gpu8"), 8).model.text.hidden_size == 2048
     assert sft_run.model.text == dataclasses.replace(qvl.TextConfig(), vocab_size=sft_run.model.text.vocab_size)
+    # max_pixels: a full slot is the memory plan's 448 x 448 bucket; a 512 x 384 MP16 record keeps its size.
+    patch = pipeline.patch_config(sft_run.data)
+    assert patch.max_patches == (448 // 14) ** 2 and patches.native_size(384, 512, patch) == (392, 504)
 
 
 def test_base_config_is_the_dataclass_defaults_plus_the_recipe():
@@ -81,6 +85,10 @@ BAD = [
     ("reward.distance", "manhattan", "--config.reward.distance: 'manhattan' is not one of"),
     ("reward.breakpoints_km", (750.0, 500.0, 20000.0), "--config.reward.breakpoints_km: must be 3 positive increasing"),
     ("data.buckets", ((100, 112),), "--config.data.buckets: (100, 112): sides must be positive multiples of"),
+    ("data.resize", "crop", "--config.data.resize: 'crop' is not one of ['native', 'bucket']"),
+    ("data.num_shapes", 0, "--config.data.num_shapes: must be >= 1, got 0"),
+    ("data.processor.max_pixels", 100, "--config.data.processor.max_pixels: need 784 <= max_pixels"),
+    ("data.processor.resample", 9, "--config.data.processor.resample: 9 is not a PIL filter"),
     ("data.prompt.instruction", " ", "--config.data.prompt.instruction: must not be empty"),
     ("data.records_dir", "", "--config.data.records_dir: must be set"),
     ("data.global_batch_size", 6, "--config.data.global_batch_size: 6 does not split over data x fsdp = 4 devices"),
@@ -159,11 +167,12 @@ def test_demo_steps_lower_on_abstract_shapes(stage):
 
     graphdef = nnx.split(nnx.eval_shape(lambda: qvl.Qwen2VL(model_config, rngs=nnx.Rngs(0))), nnx.Param)[0]
     state = jax.eval_shape(lambda: make_state()[1])
-    B, P, T = run.data.global_batch_size, run.data.max_prompt_len, run.data.max_target_len
-    grid = (1, run.data.buckets[0][0] // 14, run.data.buckets[0][1] // 14)
+    # One image per row: the demo's 84x168 photos fill 72-patch slots, their prompts ~64 tokens.
+    B, P, T = run.data.global_batch_size, 64, run.data.max_target_len
     s = jax.ShapeDtypeStruct
+    assert run.data.resize == "native"
     prompts = Prompts(s((B, P), jnp.int32), s((B, P), jnp.int32),
-                      s((B * grid[1] * grid[2], model_config.vision.patch_dim), jnp.float32), (grid,) * B)
+                      s((B, 72, model_config.vision.patch_dim), jnp.float32), (), s((B, 3), jnp.int32))
     if stage == "sft":
         lowered = sft.make_sft_step(graphdef, optimizer, run.sft).lower(state, prompts, s((B, T), jnp.int32),
                                                                         s((B, T), jnp.int32))

@@ -1,6 +1,9 @@
-"""grain pipeline: batch format, image pad count, loss masks, buckets, seeded shuffle, exact resume, mesh placement."""
+"""grain pipeline: batch format (bucket and native sizing), image pad count, loss masks, bounded shapes, seeded
+shuffle, exact resume, mesh placement."""
 
+import dataclasses
 import io
+import json
 
 import jax
 import numpy as np
@@ -23,7 +26,7 @@ def setup(tmp_path_factory):
 
 def _config(setup, **overrides):
     root, _, records_dir = setup
-    kwargs = dict(records_dir=records_dir, tokenizer_dir=str(root / "tok"), global_batch_size=4,
+    kwargs = dict(records_dir=records_dir, tokenizer_dir=str(root / "tok"), global_batch_size=4, resize="bucket",
                   max_prompt_len=192, max_target_len=64, seed=7)
     return pipeline.PipelineConfig(**(kwargs | overrides))
 
@@ -51,7 +54,7 @@ def test_batch_format_masks_and_image_pads(setup):
         assert (a["prompt_tokens"][row, :first] == ids.pad).all()
         prompt_ids = a["prompt_tokens"][row, first:]
         assert (prompt_ids == ids.image_pad).sum() == n_tokens == 64
-        assert tok.decode(prompt_ids) == prompts.render_prompt(n_tokens)
+        assert prompt_ids.tolist() == prompts.prompt_template(tok).ids(n_tokens)
         target = a["target_tokens"][row][a["target_mask"][row] == 1]
         record = by_id[batch.host["id"][row]]
         assert tok.decode(target) == record["answer"].decode() + "<|im_end|>"
@@ -77,8 +80,10 @@ def _same(a, b):
     np.testing.assert_array_equal(a.host["id"], b.host["id"])
 
 
-def test_resume_from_saved_state_yields_the_uninterrupted_batches(setup):
-    config = _config(setup)  # 22 records / 4 per batch: the run crosses epoch boundaries
+@pytest.mark.parametrize("resize", ["bucket", "native"])
+def test_resume_from_saved_state_yields_the_uninterrupted_batches(setup, resize):
+    # 22 records / 4 per batch: the run crosses epoch boundaries (and, native, sorting windows of 2 batches).
+    config = _config(setup, resize=resize, sort_window=2)
     uninterrupted = _take(pipeline.make_iterator(config), 9)
     first = pipeline.make_iterator(config)
     _take(first, 4)
@@ -89,16 +94,16 @@ def test_resume_from_saved_state_yields_the_uninterrupted_batches(setup):
         _same(expected, got)
 
 
-def test_seeded_shuffle_covers_each_record_once_per_epoch(setup):
-    config = _config(setup, num_epochs=1, drop_remainder=False)
+@pytest.mark.parametrize("resize", ["bucket", "native"])
+def test_seeded_shuffle_covers_each_record_once_per_epoch(setup, resize):
+    config = _config(setup, num_epochs=1, drop_remainder=False, resize=resize, sort_window=3)
     batches = list(pipeline.make_iterator(config))
     ids = np.concatenate([b.host["id"][b.arrays["example_mask"] == 1] for b in batches])
     assert len(batches) == 6 and len(ids) == 22 and len(set(ids)) == 22
-    np.testing.assert_array_equal(batches[-1].arrays["example_mask"], [1, 1, 0, 0])  # padded eval batch
-    again = np.concatenate([b.host["id"] for b in pipeline.make_iterator(config)])
-    other = np.concatenate([b.host["id"] for b in pipeline.make_iterator(_config(setup, num_epochs=1, seed=8,
-                                                                                  drop_remainder=False))])
-    assert list(again[:22]) == list(ids) and list(other[:22]) != list(ids)
+    # One padded batch (native: wherever its sorting window's shuffle put it).
+    assert sorted(b.arrays["example_mask"].tolist() for b in batches)[0] == [1, 1, 0, 0]
+    real_ids = lambda c: [i for b in pipeline.make_iterator(c) for i in b.host["id"][b.arrays["example_mask"] == 1]]  # noqa: E731
+    assert real_ids(config) == list(ids) and real_ids(dataclasses.replace(config, seed=8)) != list(ids)
 
 
 def test_buckets_follow_the_batch_aspect_ratio(setup, tmp_path):
@@ -120,8 +125,9 @@ def test_buckets_follow_the_batch_aspect_ratio(setup, tmp_path):
         pipeline.check_prompt_lengths(_config(setup, max_prompt_len=64))
 
 
-def test_global_arrays_on_a_mesh(setup):
-    config = _config(setup, global_batch_size=8)
+@pytest.mark.parametrize("resize", ["bucket", "native"])
+def test_global_arrays_on_a_mesh(setup, resize):
+    config = _config(setup, global_batch_size=8, resize=resize)
     mesh = jax.make_mesh((2, 4), ("data", "fsdp"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
     host = next(pipeline.make_iterator(config))
     placed = next(pipeline.make_iterator(config, mesh=mesh))
@@ -130,9 +136,10 @@ def test_global_arrays_on_a_mesh(setup):
         assert isinstance(array, jax.Array) and array.shape == host.arrays[key].shape
         assert array.sharding.spec[0] == ("data", "fsdp")
         np.testing.assert_array_equal(np.asarray(array), host.arrays[key])
-    # Each device holds whole images: 8 examples over 8 devices -> 256 patch rows each.
-    assert {s.data.shape for s in placed.arrays["pixel_values"].addressable_shards} == {(256, 1176)}
-    assert placed.grid_thw == (1, 16, 16)
+    # Each device holds whole images: 8 examples over 8 devices -> 256 patches each (224x224 images).
+    expected = {(256, 1176)} if resize == "bucket" else {(1, placed.arrays["pixel_values"].shape[1], 1176)}
+    assert {s.data.shape for s in placed.arrays["pixel_values"].addressable_shards} == expected
+    assert placed.grid_thw == ((1, 16, 16) if resize == "bucket" else None)
 
 
 def test_exact_coordinates_reach_host_batches_and_evaluation(setup, tmp_path, monkeypatch):
@@ -163,3 +170,97 @@ def test_exact_coordinates_reach_host_batches_and_evaluation(setup, tmp_path, mo
     with open(tmp_path / "predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert {r["id"]: (float(r["lat"]), float(r["lon"])) for r in rows} == expected
+
+
+# Native sizing over mixed image sizes, (width, height): landscape, portrait, panorama, square, odd, tiny.
+SIZES = [(320, 240), (240, 320), (250, 188), (512, 384), (400, 100), (100, 100), (333, 222), (150, 350),
+         (280, 280), (90, 60), (640, 480), (77, 301)] * 2
+NATIVE_PATCH = patches.PatchConfig(max_pixels=28 * 28 * 160)  # at most 640 patches per image: a fast test
+
+
+@pytest.fixture(scope="module")
+def sized_records(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sized")
+    data_fixtures.write_sized_collection(str(root / "manual"), SIZES)
+    records_dir, _ = builder.build_records("generic", str(root / "manual"), str(root / "data"))
+    return records_dir
+
+
+def _native(setup, sized_records, **overrides):
+    return _config(setup, **(dict(records_dir=sized_records, resize="native", patch=NATIVE_PATCH, num_shapes=3,
+                                  sort_window=2) | overrides))
+
+
+def test_native_batches_hold_each_image_as_the_processor_sizes_it(setup, sized_records):
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    _, tok, _ = setup
+    config = _native(setup, sized_records, shuffle=False, num_epochs=1, drop_remainder=False)
+    iterator = pipeline.make_iterator(config)
+    assert len(iterator.slots) <= 3 and iterator.slots[-1] == NATIVE_PATCH.max_patches == 640
+    hf = Qwen2VLImageProcessorPil(min_pixels=NATIVE_PATCH.min_pixels, max_pixels=NATIVE_PATCH.max_pixels)
+    template = prompts.prompt_template(tok)
+    source = builder.open_records(sized_records, "train")
+    by_id = {source[i]["id"].decode(): source[i] for i in range(len(source))}
+    batch = next(iterator)
+    a = batch.arrays
+    slot = a["pixel_values"].shape[1]
+    assert batch.grid_thw is None and slot in iterator.slots and batch.prompts().row_grids is a["image_grid_thw"]
+    assert a["prompt_tokens"].shape[1] == template.length(slot // 4)
+    for row in range(4):
+        image = PIL.Image.open(io.BytesIO(by_id[batch.host["id"][row]]["image"]))
+        expected = hf(images=[image], return_tensors="np")
+        np.testing.assert_array_equal(a["image_grid_thw"][row], expected["image_grid_thw"][0])
+        n = len(expected["pixel_values"])
+        np.testing.assert_allclose(a["pixel_values"][row, :n], expected["pixel_values"], rtol=0, atol=1e-5)
+        assert not a["pixel_values"][row, n:].any()
+        real = a["prompt_tokens"][row][a["prompt_mask"][row] == 1]
+        assert real.tolist() == template.ids(n // 4) and a["prompt_mask"][row, -1] == 1
+
+
+def test_native_shapes_are_bounded_and_sorting_pads_less(setup, sized_records):
+    def epoch(sort_window):
+        config = _native(setup, sized_records, num_epochs=1, drop_remainder=False, sort_window=sort_window)
+        batches = list(pipeline.make_iterator(config))
+        grids = {tuple(g) for b in batches for g in b.arrays["image_grid_thw"]}
+        shapes = {(b.arrays["pixel_values"].shape, b.arrays["prompt_tokens"].shape) for b in batches}
+        real = sum(int(np.prod(b.arrays["image_grid_thw"], axis=1).sum()) for b in batches)
+        slots = sum(b.arrays["pixel_values"].shape[0] * b.arrays["pixel_values"].shape[1] for b in batches)
+        return grids, shapes, 1 - real / slots
+
+    grids, shapes, sorted_padding = epoch(sort_window=3)
+    assert len(shapes) <= 3 < len(grids)
+    _, _, unsorted_padding = epoch(sort_window=1)
+    assert sorted_padding < unsorted_padding
+
+
+def test_native_resume_inside_a_sorting_window(setup, sized_records):
+    config = _native(setup, sized_records, sort_window=3)  # 24 records, windows of 12: resume mid-window
+    uninterrupted = _take(pipeline.make_iterator(config), 8)
+    first = pipeline.make_iterator(config)
+    _take(first, 4)
+    resumed = pipeline.make_iterator(config, state=first.get_state())
+    for expected, got in zip(uninterrupted[4:], _take(resumed, 4)):
+        _same(expected, got)
+
+
+def test_preprocessor_config_of_the_checkpoint_sets_the_sizes(setup, sized_records, tmp_path):
+    root, tok, _ = setup
+    tok.hf.save_pretrained(tmp_path)
+    (tmp_path / patches.PREPROCESSOR_FILE).write_text(json.dumps({"max_pixels": 28 * 28 * 20, "min_pixels": 3136}))
+    config = _native(setup, sized_records, tokenizer_dir=str(tmp_path), patch=None, num_epochs=1,
+                     drop_remainder=False)
+    batches = list(pipeline.make_iterator(config))
+    most = max(int(np.prod(g)) for b in batches for g in b.arrays["image_grid_thw"])
+    assert most <= 80 < 560  # 20 merged tokens = 80 patches at most; 560 with the config's max_pixels
+
+
+def test_pad_native_batch_widens_slots_and_left_pads_prompts(setup, sized_records):
+    _, tok, _ = setup
+    host = next(pipeline.make_iterator(_native(setup, sized_records))).arrays
+    slot, width = host["pixel_values"].shape[1], host["prompt_tokens"].shape[1]
+    wide = pipeline.pad_native_batch(host, slot + 8, width + 3, tok.special_ids.pad)
+    assert wide["pixel_values"].shape[1] == slot + 8 and not wide["pixel_values"][:, slot:].any()
+    np.testing.assert_array_equal(wide["prompt_tokens"][:, 3:], host["prompt_tokens"])
+    assert (wide["prompt_tokens"][:, :3] == tok.special_ids.pad).all() and not wide["prompt_mask"][:, :3].any()
+    np.testing.assert_array_equal(wide["target_tokens"], host["target_tokens"])

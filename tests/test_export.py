@@ -11,7 +11,7 @@ from flax import nnx
 
 import tiny_policy
 from geor_jax import evaluate
-from geor_jax.data import demo_world, pipeline, prompts
+from geor_jax.data import demo_world, patches, pipeline, prompts
 from geor_jax.data import tokenizer as tokenizer_lib
 from geor_jax.models import qwen2_5_vl as qvl
 from geor_jax.run import build, export
@@ -30,7 +30,8 @@ def setup(tmp_path_factory):
     tiny_policy.save_for_tokenizer(root / "tok", root / "init")
     graphdef, params = nnx.split(qvl.load_hf_checkpoint(root / "init"))
     for dtype in ("float32", "bfloat16"):
-        export.export_policy(graphdef, params, tok, str(root / dtype), export.ExportConfig(dtype), MAX_NEW_TOKENS)
+        export.export_policy(graphdef, params, tok, patches.PatchConfig(), str(root / dtype), export.ExportConfig(dtype),
+                             MAX_NEW_TOKENS)
     return root, records
 
 

@@ -162,7 +162,8 @@ def test_sft_outputs_resume_exactly_after_sigkill_on_a_url_and_evaluate(data, tm
     logs = [json.loads(line) for line in (straight_dir / "metrics.jsonl").read_text().splitlines()]
     assert {"loss", "grad_norm", "tokens_per_s"} <= set(logs[-2]) and logs[-1]["split"] == "eval"
     assert list((straight_dir / "tensorboard").glob("events.out.tfevents.*"))
-    for name in ("config.json", "tokenizer.json", "generation_config.json"):
+    for name in ("config.json", "tokenizer.json", "chat_template.jinja", "preprocessor_config.json",
+                 "generation_config.json"):
         assert (straight_dir / "hf" / name).is_file(), name
     assert json.loads((straight_dir / "hf" / "config.json").read_text())["dtype"] == "float32"  # export.dtype
     assert json.loads((straight_dir / "config.json").read_text())["stage"] == "sft"

@@ -100,6 +100,27 @@ def test_repeat_prompts_keeps_images_with_their_rows(setup):
         np.testing.assert_array_equal(per_image[row], original[row // G])
 
 
+@pytest.mark.parametrize("shared", [False, True])
+def test_one_image_per_row_slots_give_the_same_logprobs(setup, shared):
+    model, prompts, tokens, mask = setup
+    rows = tiny_policy.as_rows(prompts, length=24)
+    expected = logprobs_jit(model, prompts, tokens, mask, group_size=G, shared_prompt=shared)
+    got = logprobs_jit(model, rows, tokens, mask, group_size=G, shared_prompt=shared)
+    valid = np.asarray(mask) == 1
+    np.testing.assert_allclose(np.asarray(got)[valid], np.asarray(expected)[valid], atol=2e-5)
+
+
+def test_row_slots_split_and_repeat_with_their_rows(setup):
+    _, prompts, _, _ = setup
+    rows = tiny_policy.as_rows(prompts, length=24)
+    micro = rows.split(2)
+    assert micro.pixel_values.shape == (2, 1, 24, rows.pixel_values.shape[-1]) and micro.row_grids.shape == (2, 1, 3)
+    np.testing.assert_array_equal(np.asarray(micro.pixel_values[1, 0]), np.asarray(rows.pixel_values[1]))
+    repeated = rows.repeat(G)
+    np.testing.assert_array_equal(np.asarray(repeated.row_grids), np.repeat(np.asarray(rows.row_grids), G, 0))
+    np.testing.assert_array_equal(np.asarray(repeated.pixel_values[G]), np.asarray(rows.pixel_values[1]))
+
+
 def test_bad_shapes_raise(setup):
     model, prompts, tokens, mask = setup
     with pytest.raises(ValueError, match="6 continuations for 2 prompts x group_size 4"):

@@ -30,7 +30,15 @@ WORKER = textwrap.dedent("""
     host_batch.update({key: np.array(["x", "y"]) for key in pipeline.HOST_KEYS})
     batch = pipeline.to_global(host_batch, mesh)
     total = float(jax.jit(jnp.sum)(batch.arrays["lat"]))
-    print(f"process {index}/{count} devices {jax.device_count()} shape {batch.arrays['lat'].shape} sum {total}")
+    # Native batches: each host sorted its own shard, so its slot and prompt width differ; they agree on the widest.
+    slot, width = 8 + 4 * process_id, 5 + process_id
+    native = dict(host_batch, pixel_values=np.ones((2, slot, 5), np.float32),
+                  prompt_tokens=np.ones((2, width), np.int32), prompt_mask=np.ones((2, width), np.int32),
+                  target_tokens=np.ones((2, 3), np.int32), target_mask=np.ones((2, 3), np.int32))
+    placed = pipeline.to_global(pipeline.agree_native_shapes(native, pad_id=0), mesh)
+    pixels = float(jax.jit(jnp.sum)(placed.arrays["pixel_values"]))
+    print(f"process {index}/{count} devices {jax.device_count()} shape {batch.arrays['lat'].shape} sum {total} "
+          f"native {placed.arrays['pixel_values'].shape} {placed.arrays['prompt_tokens'].shape} {pixels}")
 """)
 
 
@@ -53,8 +61,9 @@ def test_two_processes_build_one_global_batch(tmp_path):
     for worker, (out, err) in zip(workers, outputs):
         assert worker.returncode == 0, err[-3000:]
     lines = sorted(out.strip().splitlines()[-1] for out, _ in outputs)
-    # 2 hosts x 2 devices; the global lat column holds both hosts' rows: 2*10 + 2*20.
-    assert lines == [f"process {i}/2 devices 4 shape (4,) sum 60.0" for i in range(2)]
+    # 2 hosts x 2 devices; the global lat column holds both hosts' rows: 2*10 + 2*20. Native slots of 8 and 12
+    # patches and prompts of 5 and 6 tokens became 12 and 6 on both: the ones stay, (2*8 + 2*12) * 5 = 200.
+    assert lines == [f"process {i}/2 devices 4 shape (4,) sum 60.0 native (4, 12, 5) (4, 6) 200.0" for i in range(2)]
 
 
 def test_two_processes_evaluate_every_example_once_as_one_process_does(tmp_path):

@@ -92,6 +92,17 @@ def test_greedy_matches_transformers_generate(hf, batch, greedy):
     assert np.all(np.asarray(greedy.lengths) == NEW_TOKENS) and np.all(np.asarray(greedy.mask) == 1)
 
 
+def test_one_image_per_row_slots_sample_the_same_tokens(model, batch, greedy):
+    ids, mask, pix = batch
+    slots = np.zeros((2, 80, pix.shape[1]), np.float32)
+    n_a = GRID_A[0] * GRID_A[1] * GRID_A[2]
+    slots[0, :n_a], slots[1, : pix.shape[0] - n_a] = pix[:n_a], pix[n_a:]
+    prompts = Prompts(jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(slots), (), jnp.asarray(GRIDS, jnp.int32))
+    rollout = sampling.sample_groups(model, prompts, jax.random.key(0), GREEDY, group_size=GROUP)
+    np.testing.assert_array_equal(np.asarray(rollout.tokens), np.asarray(greedy.tokens))
+    np.testing.assert_allclose(np.asarray(rollout.logprobs), np.asarray(greedy.logprobs), atol=LOGPROB_TOL)
+
+
 def test_placeholders_are_suppressed_unless_the_option_is_off(model, batch):
     """Everything but the two placeholders and one text token suppressed, drawn near-uniformly (temperature
     10): with ``suppress_placeholders`` off the placeholders are drawn, with it on (the default) never."""

@@ -94,3 +94,15 @@ def save_for_tokenizer(tokenizer_dir, directory, seed: int = 0, **token_ids):
            if k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")}
     qvl.save_hf_checkpoint(model(seed, model_config=config(vocab_size=tok.vocab_size, **ids | token_ids)), directory)
     return directory
+
+
+def as_rows(prompts: Prompts, length: int, seed: int = 2) -> Prompts:
+    """The same prompts with one image per row in ``length``-patch slots (noise in the padding, which must not
+    matter): the native-resolution layout."""
+    pixels = np.asarray(prompts.pixel_values)
+    slots = np.random.default_rng(seed).normal(size=(len(prompts.grids), length, pixels.shape[-1])).astype(np.float32)
+    start = 0
+    for row, (t, h, w) in enumerate(prompts.grids):
+        slots[row, : t * h * w] = pixels[start : start + t * h * w]
+        start += t * h * w
+    return Prompts(prompts.tokens, prompts.mask, jnp.asarray(slots), (), jnp.asarray(prompts.grids, jnp.int32))

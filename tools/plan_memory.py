@@ -47,6 +47,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from geor_jax import grpo, logprobs, lora, sampling, sft, train_state  # noqa: E402
 from geor_jax import sharding as sharding_lib  # noqa: E402
+from geor_jax.data import patches  # noqa: E402
 from geor_jax.models import qwen2_5_vl as qvl  # noqa: E402
 from geor_jax.rollout import Prompts, Rollout  # noqa: E402
 from geor_jax.run import cli  # noqa: E402
@@ -133,6 +134,8 @@ flags.DEFINE_bool("no_remat", False, "do not rematerialise the blocks")
 flags.DEFINE_bool("no_scan_layers", False, "unrolled layers instead of one scanned block")
 flags.DEFINE_integer("micro_batches", 1, "gradient accumulation steps (SFT and GRPO)", lower_bound=1)
 flags.DEFINE_integer("image_side", 448, "square image side in pixels (multiple of 28)", lower_bound=1)
+flags.DEFINE_integer("max_pixels", None, "native sizing (data.resize='native') with this processor max_pixels: every "
+                     "image in a full patch slot, the largest any image gets (replaces --image_side)", lower_bound=1)
 flags.DEFINE_integer("logits_chunk_size", 128, "target / completion positions per LM head chunk (SFT and GRPO; the "
                      "configs' default); 0: all positions' logits at once", lower_bound=0)
 # SFT
@@ -250,31 +253,56 @@ def compile_phase(name: str, fn, *args, resident_arguments: int = 0, **kwargs) -
     return phase, compiled
 
 
-def image_grid(side: int, config: qvl.Qwen2VLConfig) -> tuple[int, int, int]:
-    unit = config.vision.patch_size * config.vision.spatial_merge_size
+@dataclasses.dataclass(frozen=True)
+class Images:
+    """One image per prompt: a square bucket's static ``grid``, or (native sizing) a ``slot`` of patches."""
+
+    grid: tuple[int, int, int] | None = None
+    slot: int = 0
+
+    @property
+    def patches(self) -> int:
+        return self.slot or math.prod(self.grid)
+
+    def describe(self, merge_unit: int) -> str:
+        kind = f"native, slot of {self.slot} patches" if self.slot else f"grid {self.grid}"
+        return f"{kind} = {self.patches // merge_unit} image tokens"
+
+
+def image_inputs(args, config: qvl.Qwen2VLConfig) -> Images:
+    """--image_side's square bucket, or --max_pixels' largest native image (a full slot)."""
+    vision = config.vision
+    if args.max_pixels:
+        try:
+            return Images(slot=patches.PatchConfig(patch_size=vision.patch_size, merge_size=vision.spatial_merge_size,
+                                                   max_pixels=args.max_pixels).max_patches)
+        except ValueError as error:
+            raise app.UsageError(f"--max_pixels {args.max_pixels}: {error}") from None
+    side, unit = args.image_side, vision.patch_size * vision.spatial_merge_size
     if side % unit:
         raise app.UsageError(f"--image_side {side} must be a multiple of {unit}")
-    return (1, side // config.vision.patch_size, side // config.vision.patch_size)
+    return Images(grid=(1, side // vision.patch_size, side // vision.patch_size))
 
 
-def prompt_len_error(prompt_len: int, grid, config) -> str | None:
+def prompt_len_error(prompt_len: int, images: Images, config) -> str | None:
     """Why a prompt of ``prompt_len`` tokens cannot hold the image block and a little text (None if it can)."""
-    image_tokens = math.prod(grid) // config.vision.merge_unit
+    image_tokens = images.patches // config.vision.merge_unit
     if prompt_len < image_tokens + 3:
         return f"prompt length {prompt_len} cannot hold the image's {image_tokens} tokens + 3"
     return None
 
 
-def abstract_prompts(config, mesh, batch: int, prompt_len: int, grid) -> Prompts:
-    if error := prompt_len_error(prompt_len, grid, config):
+def abstract_prompts(config, mesh, batch: int, prompt_len: int, images: Images) -> Prompts:
+    if error := prompt_len_error(prompt_len, images, config):
         raise ValueError(error)
-    patches = batch * grid[0] * grid[1] * grid[2]
-    return Prompts(
-        tokens=abstract((batch, prompt_len), jnp.int32, mesh),
-        mask=abstract((batch, prompt_len), jnp.int32, mesh),
-        pixel_values=abstract((patches, config.vision.patch_dim), jnp.float32, mesh),
-        grids=(grid,) * batch,
-    )
+    tokens = abstract((batch, prompt_len), jnp.int32, mesh)
+    if images.slot:  # one image per row: (B, slot, patch_dim) and per-row grids as data
+        return Prompts(tokens=tokens, mask=tokens,
+                       pixel_values=abstract((batch, images.slot, config.vision.patch_dim), jnp.float32, mesh),
+                       grids=(), row_grids=abstract((batch, 3), jnp.int32, mesh))
+    return Prompts(tokens=tokens, mask=tokens,
+                   pixel_values=abstract((batch * images.patches, config.vision.patch_dim), jnp.float32, mesh),
+                   grids=(images.grid,) * batch)
 
 
 class Plan:
@@ -323,25 +351,25 @@ class Plan:
         self.ref_read_bytes = per_device_bytes(self.ref_params)
 
 
-def plan_sft(plan: Plan, *, batch: int, seq: int, target_len: int, grid, micro_batches: int,
+def plan_sft(plan: Plan, *, batch: int, seq: int, target_len: int, images: Images, micro_batches: int,
              logits_chunk_size: int = logprobs.DEFAULT_LOGITS_CHUNK_SIZE) -> list[Phase]:
     mesh, config = plan.mesh, plan.config
     step = sft.make_sft_step(plan.graphdef, plan.optimizer, sft.SFTConfig(num_micro_batches=micro_batches,
                                                                          logits_chunk_size=logits_chunk_size))
-    prompts = abstract_prompts(config, mesh, batch, seq - target_len, grid)
+    prompts = abstract_prompts(config, mesh, batch, seq - target_len, images)
     targets = abstract((batch, target_len), jnp.int32, mesh)
     phase, _ = compile_phase("sft step", step, plan.state, prompts, targets, targets, resident_arguments=plan.state_bytes)
     return [phase]
 
 
-def plan_grpo(plan: Plan, *, prompts: int, group_size: int, prompt_len: int, completion_len: int, grid,
+def plan_grpo(plan: Plan, *, prompts: int, group_size: int, prompt_len: int, completion_len: int, images: Images,
               micro_batches: int, shared_prompt: bool, sampler: bool = True, update: bool = True,
               logits_chunk_size: int = logprobs.DEFAULT_LOGITS_CHUNK_SIZE) -> list[Phase]:
     mesh, config = plan.mesh, plan.config
     rows = prompts * group_size
     grpo_config = grpo.GRPOConfig(group_size=group_size, beta=0.04, shared_prompt=shared_prompt,
                                   num_micro_batches=micro_batches, logits_chunk_size=logits_chunk_size)
-    batch_prompts = abstract_prompts(config, mesh, prompts, prompt_len, grid)
+    batch_prompts = abstract_prompts(config, mesh, prompts, prompt_len, images)
     phases = []
     if sampler:
         # The sampler reads the policy's params (part of the resident train state).
@@ -397,23 +425,23 @@ def make_plan(args, config, mesh) -> Plan:
                 ref_dtype=args.ref_dtype and jnp.dtype(args.ref_dtype), lora_rank=args.lora_rank)
 
 
-def run_phases(args, config, mesh, grid) -> tuple[Plan, dict[str, list[Phase]]]:
+def run_phases(args, config, mesh, images: Images) -> tuple[Plan, dict[str, list[Phase]]]:
     """Build the plan and compile the requested tasks' phases for one model config."""
     plan = make_plan(args, config, mesh)
     tasks = {}
     with jax.set_mesh(mesh):  # as the run loop runs them: the model's activation constraints read this mesh
         if args.task in ("sft", "all"):
-            tasks["sft"] = plan_sft(plan, batch=args.batch, seq=args.seq, target_len=args.target_len, grid=grid,
+            tasks["sft"] = plan_sft(plan, batch=args.batch, seq=args.seq, target_len=args.target_len, images=images,
                                     micro_batches=args.micro_batches, logits_chunk_size=args.logits_chunk_size)
         if args.task in ("grpo", "all"):
             tasks["grpo"] = plan_grpo(plan, prompts=args.prompts, group_size=args.group_size,
-                                      prompt_len=args.prompt_len, completion_len=args.completion_len, grid=grid,
+                                      prompt_len=args.prompt_len, completion_len=args.completion_len, images=images,
                                       micro_batches=args.micro_batches, shared_prompt=not args.no_shared_prompt,
                                       logits_chunk_size=args.logits_chunk_size, sampler=not args.no_sampler)
     return plan, tasks
 
 
-def extrapolate_phases(args, config, mesh, grid, text_and_vision_depths: tuple[int, int]) -> dict[str, list[Phase]]:
+def extrapolate_phases(args, config, mesh, images: Images, text_and_vision_depths: tuple[int, int]) -> dict[str, list[Phase]]:
     """Per-device bytes of the full-depth model from three reduced-depth compiles.
 
     Every byte count is affine in the number of text layers L and vision blocks D (parameters, their
@@ -424,7 +452,7 @@ def extrapolate_phases(args, config, mesh, grid, text_and_vision_depths: tuple[i
     runs = {}
     for key, (layers, vision) in {"00": (a, a), "10": (b, a), "01": (a, b)}.items():
         reduced = model_config(args.model, layers, vision)
-        runs[key] = run_phases(args, reduced, mesh, grid)[1]
+        runs[key] = run_phases(args, reduced, mesh, images)[1]
         print(f"  compiled text layers {layers}, vision depth {vision}", flush=True)
     extra_text, extra_vision = config.text.num_layers - a, config.vision.depth - a
     out = {}
@@ -447,12 +475,16 @@ def extrapolate_phases(args, config, mesh, grid, text_and_vision_depths: tuple[i
     return out
 
 
-def check_prompt_lengths(args, config, grid) -> None:
+def check_prompt_lengths(args, config, images: Images) -> None:
     """Fail up front, naming the flags, if a requested task's prompt cannot hold the image."""
     lengths = {"sft": ("--seq - --target_len", args.seq - args.target_len), "grpo": ("--prompt_len", args.prompt_len)}
     for task, (names, length) in lengths.items():
-        if args.task in (task, "all") and (error := prompt_len_error(length, grid, config)):
-            raise app.UsageError(f"{names}: {error} (--image_side {args.image_side})")
+        if args.task in (task, "all") and (error := prompt_len_error(length, images, config)):
+            raise app.UsageError(f"{names}: {error} ({image_flag(args)})")
+
+
+def image_flag(args) -> str:
+    return f"--max_pixels {args.max_pixels}" if args.max_pixels else f"--image_side {args.image_side}"
 
 
 def plan_memory(args) -> dict:
@@ -463,25 +495,24 @@ def plan_memory(args) -> dict:
         jax.config.update("jax_platforms", "cpu")
     jax.config.update("jax_num_cpu_devices", data * fsdp * tensor)
     config = model_config(args.model, args.layers, args.vision_depth)
-    grid = image_grid(args.image_side, config)
-    check_prompt_lengths(args, config, grid)
+    images = image_inputs(args, config)
+    check_prompt_lengths(args, config, images)
     devices = jax.devices()[: data * fsdp * tensor]
     mesh = sharding_lib.make_mesh(data, fsdp, tensor, devices=devices)
     if args.extrapolate:
         plan = make_plan(args, config, mesh)
     else:
-        plan, tasks = run_phases(args, config, mesh, grid)
-    image_tokens = math.prod(grid) // config.vision.merge_unit
+        plan, tasks = run_phases(args, config, mesh, images)
     print(f"model {args.model} (text layers {config.text.num_layers}, vision depth {config.vision.depth}): "
           f"{plan.n_params / 1e9:.3f} B params; mesh data={data} fsdp={fsdp} tensor={tensor} ({len(devices)} devices); "
           f"compute {args.dtype}, params {args.param_dtype}, remat {not args.no_remat}, scan_layers {not args.no_scan_layers}, "
           f"micro-batches {args.micro_batches}, logits chunk {args.logits_chunk_size or 'off'}, "
           f"{f'LoRA r={args.lora_rank} ({plan.n_trained / 1e6:.1f} M trained)' if args.lora_rank else 'full FT'}; "
-          f"image {args.image_side}px = grid {grid} = {image_tokens} tokens")
+          f"image {image_flag(args)}: {images.describe(config.vision.merge_unit)}")
     print(f"per device: params {plan.param_bytes / 1e6:.1f} MB, train state (params + AdamW moments of the trained "
           f"ones) {plan.state_bytes / 1e6:.1f} MB, reference params (own copy) {plan.ref_bytes / 1e6:.1f} MB", flush=True)
     if args.extrapolate:
-        tasks = extrapolate_phases(args, config, mesh, grid, depths(args.extrapolate))
+        tasks = extrapolate_phases(args, config, mesh, images, depths(args.extrapolate))
     resident_of = {"sft": plan.state_bytes, "grpo": plan.state_bytes + plan.ref_bytes}
     for phases in tasks.values():  # what each phase keeps resident, from the full-size plan (exact)
         for p in phases:

@@ -180,10 +180,13 @@ def render_scene(place: DemoPlace, box, height: int = 224, width: int = 224, see
 
 
 def make_demo_world(out_dir: str, num_images: int = 300, seed: int = 0, height: int = 224, width: int = 224,
-                    countries=tuple(DEMO_COUNTRIES)) -> str:
+                    countries=tuple(DEMO_COUNTRIES), sizes=None) -> str:
     """Write ``num_images`` demo photos as JPEGs plus a generic-layout ``images.csv``; returns the CSV path.
 
     Columns: ``id,image_path,lat,lon`` (image paths relative to ``out_dir``).
+    Every photo is ``height`` x ``width``, or, with ``sizes`` ((height,
+    width) pairs), each gets one of them drawn at random (independently of
+    its place, so the shape says nothing about where it is).
     Deterministic for a given ``seed``. Build time: ``tools/bench/demo_world.py``.
     """
     unknown = [cc for cc in countries if cc not in DEMO_COUNTRIES]
@@ -194,11 +197,13 @@ def make_demo_world(out_dir: str, num_images: int = 300, seed: int = 0, height: 
     image_dir = os.path.join(out_dir, "images")
     os.makedirs(image_dir, exist_ok=True)
     csv_path = os.path.join(out_dir, CSV_NAME)
+    sizes = [(height, width)] if sizes is None else [tuple(size) for size in sizes]
+    drawn = np.random.default_rng([seed, len(sizes)]).integers(len(sizes), size=num_images)
     with open(csv_path, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["id", "image_path", "lat", "lon"])
-        for place in places:
-            pixels = render_scene(place, boxes[place.country_code], height, width, seed)
+        for place, size in zip(places, drawn):
+            pixels = render_scene(place, boxes[place.country_code], *sizes[size], seed)
             relative = f"images/{place.id}.jpg"
             PIL.Image.fromarray(pixels).save(os.path.join(out_dir, relative), quality=92)
             writer.writerow([place.id, relative, f"{place.lat:.6f}", f"{place.lon:.6f}"])
@@ -206,14 +211,17 @@ def make_demo_world(out_dir: str, num_images: int = 300, seed: int = 0, height: 
 
 
 def build_demo_records(data_dir: str, work_dir: str | None = None, num_images: int = 300, seed: int = 0,
-                       height: int = 224, width: int = 224, split: str = "train"):
+                       height: int = 224, width: int = 224, split: str = "train", sizes=None,
+                       config_name: str | None = None):
     """Generate the demo world and build its CoR records; returns (records dir, build report).
 
     Images go to ``work_dir`` (default ``<data_dir>/demo_world_src``); records
-    to ``data_dir`` under config ``demo_<num_images>_<seed>_<split>``.
+    to ``data_dir`` under ``config_name`` (default
+    ``demo_<num_images>_<seed>_<split>``). ``sizes`` as in ``make_demo_world``.
     """
     work_dir = work_dir or os.path.join(data_dir, "demo_world_src")
     if not os.path.isfile(os.path.join(work_dir, CSV_NAME)):
-        make_demo_world(work_dir, num_images, seed, height, width)
-    return builder.build_records("generic", work_dir, data_dir, config_name=f"demo_{num_images}_{seed}_{split}",
+        make_demo_world(work_dir, num_images, seed, height, width, sizes=sizes)
+    return builder.build_records("generic", work_dir, data_dir,
+                                 config_name=config_name or f"demo_{num_images}_{seed}_{split}",
                                  split=split, max_bad_fraction=0.0, num_workers=0)  # tiny images: no pool

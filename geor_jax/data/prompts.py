@@ -1,12 +1,14 @@
-"""The Chain-of-Region prompt and the Qwen2.5-VL chat template, as text.
+"""The Chain-of-Region prompt, rendered by the tokenizer's own chat template.
 
 Geo-R asks the model for a location at four levels (country, state, city,
 coordinates) and supervises it with the reverse-geocoded chain rendered by
 ``geor_jax.regions.render_answer``. This module writes the instruction (in
-this project's own words, after the paper's CoR prompt) and wraps it in the
-Qwen2.5-VL chat format with one ``<|vision_start|><|image_pad|>...<|vision_end|>``
-span per image, so prompts tokenize identically with the real checkpoint's
-tokenizer and with the small demo tokenizer.
+this project's own words, after the paper's CoR prompt) and puts it, after
+the image, into the user turn of the checkpoint's chat template
+(``apply_chat_template`` with the generation prompt), the way transformers'
+processor builds the prompt a served model sees: an edited template is
+followed. The template's one ``<|image_pad|>`` then becomes one pad per
+merged patch group of the image, as the processor expands it.
 """
 
 import dataclasses
@@ -36,37 +38,63 @@ DEFAULT_INSTRUCTION = (
 
 @dataclasses.dataclass(frozen=True)
 class PromptConfig:
-    """What the user turn says; ``system=None`` drops the system turn."""
+    """What the chat says: the user turn's instruction and, if not None, a system turn
+    (None: none is passed, and the template decides; Qwen2.5-VL's inserts ``DEFAULT_SYSTEM``)."""
 
     instruction: str = config_fields.field(DEFAULT_INSTRUCTION, lambda v: None if v.strip() else "must not be empty")
-    system: str | None = DEFAULT_SYSTEM
+    system: str | None = None
 
     def __post_init__(self):
         config_fields.check(self)
 
 
-def image_span(num_image_tokens: int) -> str:
-    """One image's placeholder: vision start, ``num_image_tokens`` image pads, vision end."""
-    if num_image_tokens <= 0:
-        raise ValueError(f"an image needs at least one token, got {num_image_tokens}")
-    return VISION_START + IMAGE_PAD * num_image_tokens + VISION_END
+def chat_messages(config: PromptConfig = PromptConfig()) -> list[dict]:
+    """The conversation to template: [system], then a user turn holding the image and the instruction."""
+    messages = [] if config.system is None else [{"role": "system", "content": [{"type": "text", "text": config.system}]}]
+    return messages + [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": config.instruction}]}]
 
 
-def render_prompt(num_image_tokens: int | list[int], config: PromptConfig = PromptConfig()) -> str:
-    """The chat-formatted prompt up to and including the assistant header.
+@dataclasses.dataclass(frozen=True)
+class PromptTemplate:
+    """A tokenized one-image prompt: ``prefix`` ids, then the image's pads, then ``suffix`` ids."""
 
-    ``num_image_tokens``: tokens per image (``patches.num_image_tokens``), an
-    int for one image or a list for several; images come before the text, as
-    in Qwen2.5-VL's own template.
+    prefix: tuple[int, ...]
+    suffix: tuple[int, ...]
+    image_pad: int
+
+    def ids(self, num_image_tokens: int) -> list[int]:
+        """Token ids of the prompt for an image of ``num_image_tokens`` merged patch groups."""
+        if num_image_tokens <= 0:
+            raise ValueError(f"an image needs at least one token, got {num_image_tokens}")
+        return [*self.prefix, *[self.image_pad] * num_image_tokens, *self.suffix]
+
+    def length(self, num_image_tokens: int) -> int:
+        """``len(ids(num_image_tokens))``."""
+        return len(self.prefix) + num_image_tokens + len(self.suffix)
+
+
+def prompt_template(tokenizer, config: PromptConfig = PromptConfig()) -> PromptTemplate:
+    """The prompt of ``tokenizer``'s chat template (a ``geor_jax.data.tokenizer.Tokenizer``) for ``config``.
+
+    Renders ``chat_messages(config)`` with ``apply_chat_template`` (generation
+    prompt added) and splits it at the image's ``<|image_pad|>``: special
+    tokens are never merged with their neighbours, so an image of n tokens
+    tokenizes as prefix + n pads + suffix (checked here for n = 1 and 2).
     """
-    counts = [num_image_tokens] if isinstance(num_image_tokens, int) else list(num_image_tokens)
-    parts = []
-    if config.system is not None:
-        parts.append(f"{IM_START}system\n{config.system}{IM_END}\n")
-    images = "".join(image_span(n) for n in counts)
-    parts.append(f"{IM_START}user\n{images}{config.instruction}{IM_END}\n")
-    parts.append(f"{IM_START}assistant\n")
-    return "".join(parts)
+    hf = tokenizer.hf
+    if not getattr(hf, "chat_template", None):
+        raise ValueError(f"tokenizer {getattr(hf, 'name_or_path', '')!r} has no chat template "
+                         "(chat_template.jinja or tokenizer_config.json's chat_template)")
+    text = hf.apply_chat_template(chat_messages(config), tokenize=False, add_generation_prompt=True)
+    if text.count(IMAGE_PAD) != 1:
+        raise ValueError(f"the chat template rendered {text.count(IMAGE_PAD)} {IMAGE_PAD} for one image: {text!r}")
+    before, after = text.split(IMAGE_PAD)
+    template = PromptTemplate(tuple(tokenizer.encode(before)), tuple(tokenizer.encode(after)),
+                              tokenizer.special_ids.image_pad)
+    for count in (1, 2):
+        if tokenizer.encode(before + IMAGE_PAD * count + after) != template.ids(count):
+            raise ValueError(f"the tokenizer merges {IMAGE_PAD} with the text around it in {text!r}")
+    return template
 
 
 def render_target(answer: str) -> str:

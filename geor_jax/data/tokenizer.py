@@ -4,8 +4,9 @@ Real runs load the tokenizer of a local Qwen2.5-VL checkpoint directory with
 ``transformers.AutoTokenizer`` (no network). Tests and the demo use a small
 byte-level BPE tokenizer trained here with the ``tokenizers`` library on
 place names and CoR answers, carrying the same special tokens in Qwen's
-order, and saved in the same HF format, so both load through the same
-``load_tokenizer``. ``SpecialTokenIds.model_config_overrides()`` gives the ids
+order and a chat template that lays out system, text and image turns as
+Qwen2.5-VL's does, and saved in the same HF format, so both load through the
+same ``load_tokenizer``. ``SpecialTokenIds.model_config_overrides()`` gives the ids
 a model config needs (``image_token_id``, ``vision_start_token_id``, eos...).
 """
 
@@ -28,6 +29,22 @@ QWEN_SPECIAL_TOKENS = (
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
     "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
     "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
+)
+
+# The demo tokenizer's chat template (Jinja): Qwen2.5-VL's turn layout for text and image parts, including the
+# default system turn it inserts when the chat has none.
+DEMO_CHAT_TEMPLATE = (  # written on one line: no whitespace control needed
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\n" + prompts.DEFAULT_SYSTEM
+    + "<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
 # Pre-tokenizer split: words with one leading space, single digits (so
@@ -127,8 +144,8 @@ def demo_corpus(num_places: int = 20000, seed: int = 0) -> list[str]:
         rows = list(csv.DictReader(f))
     rng = random.Random(seed)
     rows = rng.sample(rows, min(num_places, len(rows)))
-    # The fixed prompt is repeated so BPE learns its words as whole tokens.
-    texts = [prompts.render_prompt(1)] * 1000
+    # The fixed prompt words are repeated so BPE learns them as whole tokens.
+    texts = [f"system\n{prompts.DEFAULT_SYSTEM}\nuser\n{prompts.DEFAULT_INSTRUCTION}\nassistant\n"] * 1000
     for row in rows:
         region = regions.Region(
             country=regions.country_name(row["cc"]), country_code=row["cc"],
@@ -143,8 +160,8 @@ def build_demo_tokenizer(out_dir: str | os.PathLike, vocab_size: int = 8192,
                          texts: Sequence[str] | None = None) -> Tokenizer:
     """Train a byte-level BPE tokenizer with Qwen2.5-VL's special tokens and save it in HF format.
 
-    Writes ``tokenizer.json`` and ``tokenizer_config.json`` to ``out_dir`` and
-    returns the loaded tokenizer. The special tokens take the last ids, as in
+    Writes ``tokenizer.json`` and ``tokenizer_config.json`` (with
+    ``DEMO_CHAT_TEMPLATE``) to ``out_dir`` and returns the loaded tokenizer. The special tokens take the last ids, as in
     Qwen, and the total size is at most ``vocab_size`` (<= 8192 keeps a demo
     model's embedding small). Offline and deterministic for a given corpus.
     """
@@ -176,6 +193,7 @@ def build_demo_tokenizer(out_dir: str | os.PathLike, vocab_size: int = 8192,
         "additional_special_tokens": [t for t in QWEN_SPECIAL_TOKENS if t not in (prompts.IM_END, prompts.ENDOFTEXT)],
         "clean_up_tokenization_spaces": False,
         "split_special_tokens": False,
+        "chat_template": DEMO_CHAT_TEMPLATE,
     }
     with open(os.path.join(out_dir, "tokenizer_config.json"), "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2)

@@ -6,7 +6,10 @@ section's fields, defaults and checks (``geor_jax.config_fields``)::
   stage, seed    "sft" (Chain-of-Region targets) or "grpo" (Haversine reward); init and sampling seed
   mesh           sharding.MeshConfig          data / fsdp / tensor sizes (-1: all remaining devices)
   model          run.build.ModelConfig        init_from (HF dir, "" = random), dtypes, remat, scan, dims
-  data           data.pipeline.PipelineConfig records, tokenizer, batch, buckets, lengths, prompt
+  data           data.pipeline.PipelineConfig records, tokenizer (the checkpoint dir: chat template and
+                                              preprocessor_config.json), batch, image sizing (resize "native"
+                                              in at most num_shapes shapes, or "bucket"), processor overrides
+                                              (max_pixels, ...), lengths, prompt
   eval           evaluate.EvalConfig          held-out records, batch, examples, cadence, answer length
   optimizer      train_state.OptimizerConfig  AdamW + warmup + cosine, clipping
   sft            sft.SFTConfig                micro-batches, LM head chunk
@@ -57,7 +60,7 @@ class RunConfig:
     mesh: sharding.MeshConfig = config_fields.field(sharding.MeshConfig())
     model: build.ModelConfig = config_fields.field(build.ModelConfig())
     data: pipeline.PipelineConfig = config_fields.field(pipeline.PipelineConfig(),
-                                                        exclude=("shuffle", "num_epochs", "drop_remainder"))
+                                                        exclude=("shuffle", "num_epochs", "drop_remainder", "patch"))
     eval: evaluate.EvalConfig = config_fields.field(evaluate.EvalConfig())
     optimizer: train_state.OptimizerConfig = config_fields.field(train_state.OptimizerConfig(),
                                                                  exclude=("total_steps",))
@@ -125,6 +128,9 @@ def real_size_config(stage: str, hardware: str, text: dict, checkpoint: str, tra
     c.eval.records_dir = eval_records
     c.sft.num_micro_batches = c.grpo.num_micro_batches = num_micro_batches
     c.export.dtype = "bfloat16"
+    # At most 448 x 448 pixels = 256 image tokens per photo: the memory plan's rows (a full slot is the 448 bucket's
+    # 1024 patches), and no max512 record of aspect 4:3 or longer is downscaled (512 x 384 -> 504 x 392: 252 tokens).
+    c.data.processor.max_pixels = 448 * 448
     return c
 
 
@@ -160,10 +166,16 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int) -> RunConfig:
     if run.data.global_batch_size % micro:
         raise ConfigError(f"--config.{run.stage}.num_micro_batches",
                           f"{micro} does not divide data.global_batch_size {run.data.global_batch_size}")
-    vision, patch = run.model.vision, run.data.patch
+    try:
+        patch = pipeline.patch_config(run.data)
+    except ConfigError as error:  # an override out of range against the checkpoint's settings
+        raise ConfigError(f"--config.data.processor.{error.field.split('.', 1)[-1]}", error.message) from None
+    except ValueError as error:  # the checkpoint's preprocessor_config.json
+        raise ConfigError("--config.data.tokenizer_dir", str(error)) from None
+    vision = run.model.vision
     if not run.model.init_from and (patch.patch_size, patch.temporal_patch_size, patch.merge_size) != (
             vision.patch_size, vision.temporal_patch_size, vision.spatial_merge_size):
-        raise ConfigError("--config.data.patch", f"{patch} does not match the vision tower's patch_size "
+        raise ConfigError("--config.data.tokenizer_dir", f"{patch} does not match the vision tower's patch_size "
                           f"{vision.patch_size}, temporal_patch_size {vision.temporal_patch_size} and "
                           f"spatial_merge_size {vision.spatial_merge_size}")
     return run

@@ -1,7 +1,10 @@
 """The policy a run exports: a HF checkpoint that transformers and vLLM serve as it is.
 
 ``<workdir>/hf`` holds config.json (with its ``dtype``), the safetensors
-shards, the tokenizer and ``generation_config.json``: greedy decoding that
+shards, the tokenizer with its chat template, the image processor settings
+the model was trained with (``preprocessor_config.json``, so
+``AutoProcessor.from_pretrained`` sizes images as training did) and
+``generation_config.json``: greedy decoding that
 stops at ``<|im_end|>`` / ``<|endoftext|>``, pads with ``<|endoftext|>``,
 never emits the image / video placeholders and writes up to
 ``eval.max_new_tokens`` new tokens, i.e. how geor_jax answers when it
@@ -12,12 +15,15 @@ reads its sampling defaults (and only those) from the same file.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 
 import jax
 import jax.numpy as jnp
 import transformers
 
 from geor_jax import checkpoint, config_fields, paths
+from geor_jax.data import patches
 from geor_jax.data import tokenizer as tokenizer_lib
 from geor_jax.models.qwen2_5_vl import peft_io
 
@@ -44,8 +50,8 @@ def generation_config(tokenizer: tokenizer_lib.Tokenizer, max_new_tokens: int) -
                                          suppress_tokens=sorted({ids.image_pad, ids.video_pad}))
 
 
-def export_policy(graphdef, params, tokenizer: tokenizer_lib.Tokenizer, directory: str, config: ExportConfig,
-                  max_new_tokens: int) -> None:
+def export_policy(graphdef, params, tokenizer: tokenizer_lib.Tokenizer, patch_config: patches.PatchConfig,
+                  directory: str, config: ExportConfig, max_new_tokens: int) -> None:
     """Write the policy to ``directory`` (local or a URL) as a self-contained HF checkpoint.
 
     Every process takes part (the params are gathered); process 0 writes,
@@ -56,6 +62,8 @@ def export_policy(graphdef, params, tokenizer: tokenizer_lib.Tokenizer, director
         checkpoint.export_hf(graphdef, params, local, dtype=DTYPES[config.dtype])
         if writer:
             tokenizer.hf.save_pretrained(local)
+            with open(os.path.join(local, patches.PREPROCESSOR_FILE), "w", encoding="utf-8") as f:
+                json.dump(patches.preprocessor_dict(patch_config), f, indent=2)
             generation_config(tokenizer, max_new_tokens).save_pretrained(local)
 
 

@@ -149,9 +149,10 @@ def run(config, workdir: str) -> dict[str, float]:
 
     Writes to ``workdir`` (local or a URL): ``checkpoints/``, ``tensorboard/``,
     ``config.json``, ``metrics.jsonl`` (train and eval logs), ``profile/`` if
-    asked and, at the end, the policy as a HF checkpoint with its tokenizer
-    and generation config in ``hf/`` (``run.export``; with LoRA: adapters
-    merged in, and the adapters alone in PEFT's format in ``adapter/``).
+    asked and, at the end, the policy as a HF checkpoint with its tokenizer,
+    image processor settings and generation config in ``hf/``
+    (``run.export``; with LoRA: adapters merged in, and the adapters alone in
+    PEFT's format in ``adapter/``).
     """
     r = setup(config, workdir)
     loop = _sft_loop if config.stage == "sft" else _grpo_loop
@@ -159,8 +160,8 @@ def run(config, workdir: str) -> dict[str, float]:
         eval_metrics = loop(r)
     r.checkpointer.close()
     if config.train.export_hf:
-        export.export_policy(r.graphdef, r.state.params, r.tokenizer, str(paths.as_path(workdir) / "hf"),
-                             config.export, config.eval.max_new_tokens)
+        export.export_policy(r.graphdef, r.state.params, r.tokenizer, pipeline.patch_config(config.data),
+                             str(paths.as_path(workdir) / "hf"), config.export, config.eval.max_new_tokens)
         if config.lora.rank:
             export.export_adapter(r.model(), str(paths.as_path(workdir) / "adapter"),
                                   base_model_name_or_path=config.model.init_from or None)

@@ -62,13 +62,14 @@ def build_world(data_dir: str, recipe) -> World:
     """The demo world's records (train: world seed 0, held-out test: seed 1) and tokenizer, unless built."""
     w = recipe.world
     tokenizer_dir = os.path.join(data_dir, "demo_tokenizer")
-    if not os.path.isfile(os.path.join(tokenizer_dir, "tokenizer.json")):
+    if (not os.path.isfile(os.path.join(tokenizer_dir, "tokenizer.json"))
+            or not tokenizer_lib.load_tokenizer(tokenizer_dir).hf.chat_template):  # built before chat templates
         tokenizer_lib.build_demo_tokenizer(tokenizer_dir, vocab_size=w.vocab_size)
     dirs = {}
     for split, count, seed in (("train", w.train_images, 0), ("test", w.test_images, 1)):
         dirs[split], _ = demo_world.build_demo_records(
-            data_dir, os.path.join(data_dir, f"demo_world_{split}_{count}"), num_images=count, seed=seed,
-            height=w.image_side, width=w.image_side, split=split)
+            data_dir, os.path.join(data_dir, f"demo_world_sizes_{split}_{count}"), num_images=count, seed=seed,
+            split=split, sizes=tuple(map(tuple, w.image_sizes)), config_name=f"demo_sizes_{count}_{seed}_{split}")
     return World(data_dir, dirs["train"], dirs["test"], tokenizer_dir)
 
 

@@ -189,3 +189,15 @@ def current_rss_bytes() -> int:
 def load_average() -> str:
     """The 1 / 5 / 15 minute load averages, for the results' load note."""
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def compile_listener(compiles: list, function_name: str):
+    """Register a ``jax.monitoring`` listener that appends the seconds of every XLA compilation of
+    ``jit(function_name)`` to ``compiles``; returns it (``jax.monitoring.unregister_event_duration_listener``)."""
+
+    def listener(event, duration_secs, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration" and kwargs.get("fun_name") == f"jit({function_name})":
+            compiles.append(duration_secs)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    return listener

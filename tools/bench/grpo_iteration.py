@@ -23,7 +23,7 @@ insists on a video processor, whose class needs torchvision (broken next to
 the CPU torch here), so the TRL side uses ``ImageOnlyQwenProcessor``: the
 same processor class with the video slot removed from its constructor, built
 from the slow PIL ``Qwen2VLImageProcessorPil`` and the tokenizer, with a
-minimal chat template that renders exactly ``geor_jax.data.prompts.render_prompt``.
+minimal chat template that geor_jax's side renders its prompts with too (``prompts.prompt_template``).
 """
 
 from __future__ import annotations
@@ -59,8 +59,8 @@ from geor_jax.run import cli  # noqa: E402
 INSTRUCTION = "Where was this photo taken? Name the country, the state, the city and the coordinates as (latitude, longitude)."
 TEMPERATURE, BETA, LEARNING_RATE = 0.9, 0.04, 1e-6
 IMAGE_SIDE = 224
-# A chat template (Jinja) that renders a one-image user turn exactly as geor_jax.data.prompts.render_prompt
-# with system=None; the processor expands the single <|image_pad|> to the image's token count.
+# The chat template (Jinja) both sides render prompts with: a one-image user turn and no system turn; the
+# processor (and geor_jax.data.prompts.prompt_template) expand the single <|image_pad|> to the image's token count.
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}"
     "{% else %}{% for part in m['content'] %}{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
@@ -141,6 +141,7 @@ def run_jax(args, workdir: str, group: int, completion: int) -> dict:
     if args.explain_recompiles:
         jax.config.update("jax_explain_cache_misses", True)
     tokenizer = tokenizer_lib.load_tokenizer(workdir)
+    tokenizer.hf.chat_template = CHAT_TEMPLATE  # the TRL side's template
     examples = load_examples(workdir)
     images = [np.asarray(PIL.Image.open(e["image"]).convert("RGB")) for e in examples]
     model = qvl.load_hf_checkpoint(workdir, remat=args.remat)
@@ -156,7 +157,7 @@ def run_jax(args, workdir: str, group: int, completion: int) -> dict:
     kept = grpo.reference_params(state.params, config, trainable)  # with LoRA: nothing (the base, adapters off)
     reference = grpo.make_reference_logprobs(graphdef, config)
     step = grpo.make_grpo_step(graphdef, optimizer, config)
-    prompt_config = prompts_lib.PromptConfig(instruction=INSTRUCTION, system=None)
+    template = prompts_lib.prompt_template(tokenizer, prompts_lib.PromptConfig(instruction=INSTRUCTION))
     pad = tokenizer.special_ids.pad
     sampling_config = config.sampling_config(stop_tokens=(), pad_id=pad)  # no stop: every completion is full length
 
@@ -165,7 +166,7 @@ def run_jax(args, workdir: str, group: int, completion: int) -> dict:
         rows, pixels, grids = [], [], []
         for i in batch:
             values, grid = patches.image_to_patches(images[i])
-            rows.append(tokenizer.encode(prompts_lib.render_prompt(patches.num_image_tokens(grid), prompt_config)))
+            rows.append(template.ids(patches.num_image_tokens(grid)))
             pixels.append(values)
             grids.append(grid)
         width = max(map(len, rows))

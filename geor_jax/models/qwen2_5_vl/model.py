@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from geor_jax.models.qwen2_5_vl import layers
+from geor_jax.models.qwen2_5_vl import image_rows, layers
 from geor_jax.models.qwen2_5_vl.cache import KVCache
 from geor_jax.models.qwen2_5_vl.config import Qwen2VLConfig
 from geor_jax.models.qwen2_5_vl.rope import Grid, mrope_positions, static_grids
@@ -79,9 +79,18 @@ class Qwen2VL(nnx.Module):
         """An empty KV cache for ``batch`` rows of up to ``max_len`` tokens, laid out for this model."""
         return self.text.init_cache(batch, max_len)
 
-    def embed(self, input_ids: jax.Array, pixel_values: jax.Array | None = None, image_grid_thw: tuple[Grid, ...] = ()) -> jax.Array:
-        """(batch, seq) ids (+ image patches) -> (batch, seq, hidden) input embeddings."""
+    def embed(self, input_ids: jax.Array, pixel_values: jax.Array | None = None,
+              image_grid_thw: tuple[Grid, ...] | jax.Array = ()) -> jax.Array:
+        """(batch, seq) ids (+ image patches) -> (batch, seq, hidden) input embeddings.
+
+        ``pixel_values`` (num_patches, patch_dim) with static ``image_grid_thw``
+        grids, or (batch, L, patch_dim) one image per row with (batch, 3) grids
+        (``image_rows``).
+        """
         embeds = self.text.embed(input_ids)
+        if image_rows.is_rows(pixel_values):
+            image_embeds = self.vision.rows(pixel_values, image_grid_thw)
+            return image_rows.merge_row_embeddings(embeds, input_ids, image_embeds, self.config.image_token_id)
         if pixel_values is None or not image_grid_thw:
             return embeds
         image_embeds = self.vision(pixel_values, image_grid_thw)
@@ -93,7 +102,7 @@ class Qwen2VL(nnx.Module):
         attention_mask: jax.Array | None = None,
         *,
         pixel_values: jax.Array | None = None,
-        image_grid_thw: tuple[Grid, ...] = (),
+        image_grid_thw: tuple[Grid, ...] | jax.Array = (),
         positions: jax.Array | None = None,
         cache: KVCache | None = None,
     ) -> tuple[jax.Array, KVCache | None]:
@@ -102,14 +111,19 @@ class Qwen2VL(nnx.Module):
         ``positions`` default to the 3-D M-RoPE positions of ``input_ids``
         (images as given by ``image_grid_thw``), offset by the cache's
         ``next_position``, so prefill and decode steps need no position
-        bookkeeping by the caller. ``image_grid_thw`` must be static (a tuple).
+        bookkeeping by the caller. ``image_grid_thw`` is static (a tuple of
+        grids) for 2-D ``pixel_values``, and a (batch, 3) array (traced) for
+        one image per row in (batch, L, patch_dim) slots.
         """
         if attention_mask is None:
             attention_mask = jnp.ones(input_ids.shape, jnp.int32)
-        image_grid_thw = static_grids(image_grid_thw)
+        rows = image_rows.is_rows(pixel_values)
+        if not rows:
+            image_grid_thw = static_grids(image_grid_thw)
         valid = attention_mask > 0
         if positions is None:
-            positions, advance = mrope_positions(input_ids, attention_mask, image_grid_thw, self.config)
+            position_fn = image_rows.row_mrope_positions if rows else mrope_positions
+            positions, advance = position_fn(input_ids, attention_mask, image_grid_thw, self.config)
             offset = 0 if cache is None else cache.next_position[None, :, None]
             positions = jnp.where(valid[None], positions + offset, 0)
             next_position = advance if cache is None else advance + cache.next_position
@@ -141,7 +155,7 @@ class Qwen2VL(nnx.Module):
         attention_mask: jax.Array | None = None,
         *,
         pixel_values: jax.Array | None = None,
-        image_grid_thw: tuple[Grid, ...] = (),
+        image_grid_thw: tuple[Grid, ...] | jax.Array = (),
         positions: jax.Array | None = None,
         cache: KVCache | None = None,
     ) -> ModelOutput:

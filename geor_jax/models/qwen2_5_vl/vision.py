@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from geor_jax import sharding
-from geor_jax.models.qwen2_5_vl import layers
+from geor_jax.models.qwen2_5_vl import image_rows, layers
 from geor_jax.models.qwen2_5_vl.config import VisionConfig
 from geor_jax.models.qwen2_5_vl.rope import Grid, static_grids, vision_rope
 from geor_jax.models.qwen2_5_vl.vision_layout import SegmentLayout, vision_layout
@@ -42,10 +42,14 @@ class VisionAttention(nnx.Module):
         self.qkv = layers.Dense((d,), (3, h, hd), ("vision_embed",), (None, "vision_heads", "head_dim"), **kw)
         self.proj = layers.Dense((h, hd), (d,), ("vision_heads", "head_dim"), ("vision_embed",), **kw)
 
-    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, layout: SegmentLayout) -> jax.Array:
-        qkv = self.qkv(x)  # (tokens, 3, heads, head_dim)
-        q = layers.apply_rotary(qkv[:, 0], cos, sin)
-        k = layers.apply_rotary(qkv[:, 1], cos, sin)
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array,
+                 layout: SegmentLayout | image_rows.RowAttention) -> jax.Array:
+        """x: (tokens, hidden) with a static ``SegmentLayout``, or (B, L, hidden) slots with a ``RowAttention``."""
+        qkv = self.qkv(x)  # (..., tokens, 3, heads, head_dim)
+        q = layers.apply_rotary(qkv[..., 0, :, :], cos, sin)
+        k = layers.apply_rotary(qkv[..., 1, :, :], cos, sin)
+        if isinstance(layout, image_rows.RowAttention):
+            return self.proj(layout(q, k, qkv[..., 2, :, :]))
         q, k, v = (to_segments(a, layout) for a in (q, k, qkv[:, 2]))
         mask = None if layout.valid is None else jnp.asarray(layout.valid)[:, None, :]
         out = layers.dot_product_attention(q, k, v, mask)
@@ -71,7 +75,7 @@ class VisionBlock(nnx.Module):
                 config.hidden_size, config.intermediate_size, "vision_embed", "vision_mlp", act=config.hidden_act, **kw
             )
 
-    def __call__(self, x, cos, sin, layout: SegmentLayout):
+    def __call__(self, x, cos, sin, layout: SegmentLayout | image_rows.RowAttention):
         x = x + self.attn(self.norm1(x), cos, sin, layout)
         return x + self.mlp(self.norm2(x))
 
@@ -89,7 +93,8 @@ class PatchMerger(nnx.Module):
         self.fc2 = layers.Dense((merged,), (config.out_hidden_size,), ("vision_mlp",), ("embed",), use_bias=True, **kw)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = self.ln_q(x).reshape(-1, x.shape[-1] * self.unit)
+        """(..., tokens, hidden) -> (..., tokens / merge_unit, out_hidden_size)."""
+        x = self.ln_q(x).reshape(x.shape[:-2] + (-1, x.shape[-1] * self.unit))
         return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
 
 
@@ -130,3 +135,29 @@ class VisionTower(nnx.Module):
         if layout.unit_restore is not None:
             merged = merged[layout.unit_restore]
         return merged
+
+    def rows(self, pixel_values: jax.Array, grid_thw: jax.Array) -> jax.Array:
+        """One image per row: (B, L, patch_dim) slots and their (B, 3) grids -> (B, L / merge_unit, out_hidden_size).
+
+        Row r's first t*h*w/merge_unit outputs are its image's merged patches in
+        input order (what its image tokens take); the rest come from padding.
+        The layout is traced from ``grid_thw`` (``image_rows``): one compile per
+        slot length, whatever the grids.
+        """
+        config = self.config
+        layout = image_rows.row_layout(grid_thw, pixel_values.shape[1], config)
+        x = self.patch_embed(pixel_values)
+        x = sharding.constrain(jnp.take_along_axis(x, layout.order[..., None], axis=1), ("batch", None, None))
+        cos, sin = image_rows.vision_rope_rows(layout.positions, config.head_dim, config.rope_theta)
+        window_tokens = (config.window_size // config.patch_size) ** 2 if config.uses_windows else 0
+        full = image_rows.RowAttention(layout.window_id)
+        window = image_rows.RowAttention(layout.window_id, chunk=window_tokens) if window_tokens else full
+
+        def run_block(block, x, cos, sin, attention):
+            return block(x, cos, sin, attention)
+
+        if self.remat:
+            run_block = nnx.remat(run_block)
+        for index, block in enumerate(self.blocks):
+            x = run_block(block, x, cos, sin, full if index in config.fullatt_block_indexes else window)
+        return jnp.take_along_axis(self.merger(x), layout.unit_restore[..., None], axis=1)
