@@ -26,7 +26,7 @@ import reverse_geocoder
 from matplotlib.figure import Figure  # no pyplot: plotting never picks a GUI backend or global state
 
 from geor_jax import config_fields, geo, paths, progress, regions, rewards, sampling, sharding
-from geor_jax.data import builder, pipeline
+from geor_jax.data import pipeline
 
 LEVELS = rewards.LEVELS
 
@@ -107,13 +107,12 @@ def _host_truth(batch: pipeline.Batch) -> tuple[list[str], np.ndarray, np.ndarra
 
 
 def generate_answers(model, tokenizer, batches, max_new_tokens: int, *, mesh=None,
-                     max_examples: int | None = None, total: int | None = None) -> dict:
+                     total: int | None = None) -> dict:
     """Greedy answers for the examples of ``batches`` (pipeline ``Batch``es), padding dropped.
 
     Returns ``texts``, ``lat``, ``lon`` (the records' float64 ground truth),
     ``ids`` and ``regions`` (the truth's Chain of Region, recomputed from
-    lat/lon) of the first ``max_examples`` examples (None or 0: all), the
-    same on every host: each host's rows are gathered, in global batch order.
+    lat/lon) of every example, the same on every host: each host's rows are gathered, in global batch order.
     Progress (``total`` examples expected, if known) is logged from process 0.
     """
     config = sampling.SamplingConfig(max_new_tokens=max_new_tokens, greedy=True,
@@ -130,13 +129,10 @@ def generate_answers(model, tokenizer, batches, max_new_tokens: int, *, mesh=Non
             lat.append(batch_lat[keep])
             lon.append(batch_lon[keep])
             shown.update(int(keep.sum()))
-            if max_examples and len(texts) >= max_examples:
-                break
     if not texts:
         raise ValueError("generate_answers: the batches held no examples")
-    limit = max_examples or len(texts)
-    lat, lon = np.concatenate(lat)[:limit], np.concatenate(lon)[:limit]
-    return {"texts": texts[:limit], "lat": lat, "lon": lon, "ids": ids[:limit],
+    lat, lon = np.concatenate(lat), np.concatenate(lon)
+    return {"texts": texts, "lat": lat, "lon": lon, "ids": ids,
             "regions": regions.chain_of_region(np.stack([lat, lon], axis=1))}
 
 
@@ -151,10 +147,9 @@ def evaluate_policy(model, tokenizer, data: pipeline.PipelineConfig, config: Eva
     """
     with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
         batches = pipeline.make_iterator(dataclasses.replace(data, num_records=config.num_examples or None), mesh)
-        available = len(builder.open_records(data.records_dir, data.split))
-        if batches.num_records < available:
+        if batches.num_records < batches.split_size:
             logging.warning("evaluating the first %d of the %d examples of %s (eval.num_examples; 0 = all)",
-                            batches.num_records, available, data.records_dir)
+                            batches.num_records, batches.split_size, data.records_dir)
         answers = generate_answers(model, tokenizer, batches, config.max_new_tokens, mesh=mesh,
                                    total=batches.num_records)
     metrics, per_example = evaluate_answers(answers["texts"], answers["lat"], answers["lon"], answers["regions"])

@@ -440,7 +440,7 @@ class GeoBatchIterator:
         dataset = grain.MapDataset.source(source)
         if config.num_records is not None:
             dataset = dataset[: config.num_records]
-        self.num_records = len(dataset)
+        self.split_size, self.num_records = len(source), len(dataset)  # records in the split / read from it
         if config.drop_remainder:  # training: equal shares per host, what does not divide is dropped
             dataset = dataset[: len(dataset) - len(dataset) % processes][jax.process_index()::processes]
             if config.shuffle:
