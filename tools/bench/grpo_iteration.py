@@ -157,6 +157,9 @@ def run_jax(args, workdir: str, group: int, completion: int) -> dict:
     kept = grpo.reference_params(state.params, config, trainable)  # with LoRA: nothing (the base, adapters off)
     reference = grpo.make_reference_logprobs(graphdef, config)
     step = grpo.make_grpo_step(graphdef, optimizer, config)
+    compiled = {"update": [], "reference": []}  # XLA compilations of each, through jax.monitoring
+    listeners = [common.compile_listener(compiled["update"], "step"),
+                 common.compile_listener(compiled["reference"], "reference")]
     template = prompts_lib.prompt_template(tokenizer, prompts_lib.PromptConfig(instruction=INSTRUCTION))
     pad = tokenizer.special_ids.pad
     sampling_config = config.sampling_config(stop_tokens=(), pad_id=pad)  # no stop: every completion is full length
@@ -225,7 +228,9 @@ def run_jax(args, workdir: str, group: int, completion: int) -> dict:
         last = marks["rollout"]
     median = statistics.median(times)
     rows = args.prompts * group
-    compiles = {"update": step._cache_size(), "reference": reference._cache_size()}
+    for listener in listeners:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    compiles = {name: len(times) for name, times in compiled.items()}
     result = {"side": "jax", "compiles": compiles, "G": group, "completion": completion, "prompts": args.prompts, "prompt_len":
               int(last.prompts.tokens.shape[1]), "iteration_s": median, "times": times, "samples_per_s": rows / median,
               "phases": {k: statistics.median(v) for k, v in phases.items()}, "remat": args.remat,
