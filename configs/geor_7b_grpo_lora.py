@@ -5,8 +5,8 @@ bf16, and the KL reference is the base with the adapters disabled, so no second 
 G = 8 completions of 256 tokens per prompt, 8 prompts per step. Two targets, each following its row of the memory
 plan (tools/bench/RESULTS.md, "LoRA"):
 
-- ``:tpu_v5e``: a TPU v5e-8 (8 chips x 16 GB), FSDP over the 8 chips, 4 micro-batches;
-- ``:gpu1``: one 80 GB GPU, 8 micro-batches (one prompt group each); its memory-plan row is not measured yet.
+- ``:tpu_v5e``: a TPU v5e-8 (8 chips x 16 GB), FSDP over the 8 chips, 4 micro-batches: peak 12.3 GB/chip by the plan;
+- ``:gpu1``: one 80 GB GPU, 8 micro-batches (one prompt group each): peak 56.7 GB by the plan.
 
   launch/gpu.sh launch/train.py --config=configs/geor_7b_grpo_lora.py:gpu1 --workdir=/ckpt/geor_7b_grpo_lora
 
