@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 import jax
 import numpy as np
 import reverse_geocoder
+from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure  # no pyplot: plotting never picks a GUI backend or global state
 
 from geor_jax import config_fields, geo, paths, progress, regions, rewards, sampling, sharding
@@ -294,9 +295,9 @@ def plot_world_scatter(pred_lat, pred_lon, true_lat, true_lon, valid, path: str,
     figure = Figure(figsize=(10, 5.2))
     axes = figure.subplots()
     axes.scatter(land_lon, land_lat, s=0.6, color="#bbbbbb", linewidths=0, rasterized=True)
-    for pl, pn, tl, tn in zip(np.asarray(pred_lat)[valid], np.asarray(pred_lon)[valid],
-                              np.asarray(true_lat)[valid], np.asarray(true_lon)[valid]):
-        axes.plot([tn, pn], [tl, pl], color="#999999", linewidth=0.5)
+    links = np.stack([np.stack([np.asarray(true_lon)[valid], np.asarray(true_lat)[valid]], axis=1),
+                      np.stack([np.asarray(pred_lon)[valid], np.asarray(pred_lat)[valid]], axis=1)], axis=1)
+    axes.add_collection(LineCollection(links, colors="#999999", linewidths=0.5))  # one artist, not one per image
     axes.scatter(true_lon, true_lat, s=10, color="tab:blue", label="truth")
     axes.scatter(np.asarray(pred_lon)[valid], np.asarray(pred_lat)[valid], s=10, color="tab:red", marker="x",
                  label="prediction")
