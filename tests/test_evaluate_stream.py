@@ -195,6 +195,7 @@ def test_evaluation_holds_one_batch_of_answer_texts(tmp_path, monkeypatch, refer
                                                          evaluate.EvalConfig(batch_size=4, max_new_tokens=8))
     assert decoded_alive == [0] * 6 and TrackedAnswer.alive == 0
     assert_same_results(metrics, per_example, *reference[4:])
+    assert sum(array.nbytes for array in per_example.values()) == 54 * N  # README: 54 bytes of results per image
     assert ids == reference[0]
 
 
