@@ -8,7 +8,8 @@ files: transformers' ``save_pretrained`` / ``from_pretrained``, memory-mapped
 safetensors, the JAX profiler and array_record's writer. For those,
 ``staged`` gives a local folder that is uploaded when it closes, and
 ``local_copy`` a local copy of a URL folder; both pass local paths through
-untouched.
+untouched. ``staged_file`` is one file written piece by piece (an object
+store cannot append), put in place when it closes.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from typing import IO
 
 from etils import epath
 
@@ -79,6 +81,29 @@ def staged(target: PathLike, upload: bool = True) -> Iterator[str]:
             copy_tree(local, target)
     finally:
         shutil.rmtree(local, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_file(path: PathLike) -> Iterator[IO[str]]:
+    """A local text file (UTF-8) to write piece by piece that becomes ``path`` (local or a URL) only when the
+    block ends without error: renamed into place beside it, or uploaded once; on an error nothing appears."""
+    url = is_url(path)
+    if url:
+        handle, local = tempfile.mkstemp(prefix="geor_jax_stage_")
+        os.close(handle)
+    else:
+        local = os.fspath(path) + ".tmp"
+    try:
+        with open(local, "w", encoding="utf-8", newline="") as f:
+            yield f
+        if url:
+            with open(local, "rb") as reader, as_path(path).open("wb") as writer:
+                shutil.copyfileobj(reader, writer, _CHUNK_BYTES)
+        else:
+            os.replace(local, path)
+    finally:
+        if os.path.exists(local):
+            os.remove(local)
 
 
 _copies: dict[str, str] = {}

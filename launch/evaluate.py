@@ -41,11 +41,12 @@ def main(argv):
     if not e.records_dir:
         raise app.UsageError("--config.eval.records_dir: must be set to evaluate")
     data = build.eval_pipeline(config.data, e.records_dir, e.split, e.batch_size)
-    metrics, per_example, ids = evaluate.evaluate_policy(model, tokenizer, data, e, mesh)
+    paths.as_path(_OUTPUT_DIR.value).mkdir(parents=True, exist_ok=True)
+    metrics, per_example, _ = evaluate.evaluate_policy(  # process 0 writes predictions.csv as batches are scored
+        model, tokenizer, data, e, mesh, predictions_path=str(paths.as_path(_OUTPUT_DIR.value) / "predictions.csv"))
     if jax.process_index() == 0:
         report = evaluate.write_outputs(_OUTPUT_DIR.value, {_NAME.value: (metrics, per_example)},
                                         title=f"{_NAME.value} on {config.eval.split}")
-        evaluate.write_predictions(str(paths.as_path(_OUTPUT_DIR.value) / "predictions.csv"), ids, per_example)
         print(report)
 
 

@@ -163,10 +163,9 @@ def test_exact_coordinates_reach_host_batches_and_evaluation(setup, tmp_path, mo
     # Evaluation's ground truth (and so predictions.csv) is the records' float64, not the device copy.
     monkeypatch.setattr(evaluate.sampling, "sample_groups", lambda *args, **kwargs: None)
     monkeypatch.setattr(evaluate.sampling, "decode_completions", lambda tok, rollout: ["Coordinates: (0, 0)"] * 4)
-    answers = evaluate.generate_answers(None, setup[1], batches, max_new_tokens=8)
-    assert [(lat, lon) for lat, lon in zip(answers["lat"], answers["lon"])] == [expected[i] for i in answers["ids"]]
-    _, per_example = evaluate.evaluate_answers(answers["texts"], answers["lat"], answers["lon"])
-    evaluate.write_predictions(str(tmp_path / "predictions.csv"), answers["ids"], per_example)
+    (answers,) = evaluate.generate_answers(None, setup[1], batches, max_new_tokens=8)
+    assert [(lat, lon) for lat, lon in zip(answers.lat, answers.lon)] == [expected[i] for i in answers.ids]
+    evaluate.score_stream([answers], str(tmp_path / "predictions.csv"))
     with open(tmp_path / "predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert {r["id"]: (float(r["lat"]), float(r["lon"])) for r in rows} == expected

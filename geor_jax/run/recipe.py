@@ -98,9 +98,10 @@ def evaluate_checkpoint(config: run_config.RunConfig, hf_dir: str, records_dir: 
     mesh = config.mesh.make()
     model, tokenizer = build.load_policy(config.model, hf_dir, config.data.tokenizer_dir, mesh)
     data = build.eval_pipeline(config.data, e.records_dir, e.split, e.batch_size)
-    metrics, per_example, ids = evaluate.evaluate_policy(model, tokenizer, data, e, mesh)
+    os.makedirs(output_dir, exist_ok=True)
+    metrics, per_example, ids = evaluate.evaluate_policy(model, tokenizer, data, e, mesh,
+                                                         predictions_path=os.path.join(output_dir, "predictions.csv"))
     evaluate.write_outputs(output_dir, {name: (metrics, per_example)}, title=f"{name} on {split}")
-    evaluate.write_predictions(os.path.join(output_dir, "predictions.csv"), ids, per_example)
     return Evaluation(metrics, per_example, ids)
 
 
