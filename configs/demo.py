@@ -49,10 +49,12 @@ def get_config(variant: str = "sft"):
     c.data.records_dir = f"{DEMO_ROOT}/data/geo_cor_records/demo_sizes_{TRAIN_IMAGES}_0_train/1.1.0"
     c.data.tokenizer_dir = f"{DEMO_ROOT}/data/demo_tokenizer"
     c.data.global_batch_size = 16 if stage == "sft" else 8
-    # Photos at native resolution (launch/demo.py: 112x112, 84x168, 168x84 -> 16 or 18 image tokens), capped at
-    # 32 tokens; slot sizes fitted to the data: the two the photos need, and one for anything up to the cap.
-    c.data.processor.max_pixels = 112 * 112 * 2
-    c.data.num_shapes = 3
+    # Photos at native resolution (launch/demo.py: 112x112, 84x168, 168x84 -> 64 or 72 patches, 16 or 18 image
+    # tokens). max_pixels is the largest photo's area, so one slot of 72 patches holds every photo: it pads ~4% of
+    # patches, and every jitted function compiles once instead of once per slot size (compiling is most of the
+    # demo's time on a CPU).
+    c.data.processor.max_pixels = 84 * 168
+    c.data.num_shapes = 1
     c.data.max_target_len = 64
     c.data.worker_count = 0
     c.data.prompt.instruction = "Where was this photo taken? Answer with Country, State, City and Coordinates."

@@ -72,6 +72,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     root, seed = _ROOT.value, _SEED.value
     started = time.perf_counter()
+    cli.use_compilation_cache(demo_config.get_config("sft").train.compilation_cache_dir, root)  # steps share programs
     for stale in (f"seed_{seed}", "report"):
         shutil.rmtree(os.path.join(root, stale), ignore_errors=True)  # a fresh run each time; the world is kept
     result = recipe.run_seed(demo_config.get_recipe(), stage_dict("sft", _SFT_STEPS.value),

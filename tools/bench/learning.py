@@ -159,6 +159,7 @@ def main(argv):
         if steps is not None:
             config.train.num_steps = steps
     started = time.perf_counter()
+    cli.use_compilation_cache(sft.train.compilation_cache_dir, _ROOT.value)  # seeds and variants share programs
     results = []
     for seed in seeds:
         t = time.perf_counter()
