@@ -104,7 +104,7 @@ class PipelineConfig:
     global_batch_size: int = config_fields.field(16, config_fields.at_least(1))
     resize: str = config_fields.field("native", config_fields.one_of(*RESIZE_MODES))
     num_shapes: int = config_fields.field(8, config_fields.at_least(1))
-    sort_window: int = config_fields.field(8, config_fields.at_least(1))
+    sort_window: int = config_fields.field(16, config_fields.at_least(1))
     shape_sample: int = config_fields.field(1024, config_fields.at_least(1))
     buckets: tuple[tuple[int, int], ...] = config_fields.field(  # (height, width), multiples of patch * merge;
         ((224, 224),), lambda b: None if b else "needs at least one (height, width) bucket")  # resize="bucket"

@@ -63,7 +63,7 @@ _SCALE = flags.DEFINE_float("scale", 0.5, "Side scale of the MP16-like photo siz
 _MAX_PIXELS = flags.DEFINE_integer("max_pixels", 504 * 504, "Processor max_pixels = the bucket's area.",
                                    lower_bound=28 * 28)
 _NUM_SHAPES = flags.DEFINE_integer("num_shapes", 4, "Patch slot sizes of the native pipeline.", lower_bound=1)
-_SORT_WINDOW = flags.DEFINE_integer("sort_window", 8, "Batches per size-sorted window.", lower_bound=1)
+_SORT_WINDOW = flags.DEFINE_integer("sort_window", 16, "Batches per size-sorted window.", lower_bound=1)
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timing rounds (after one compiling round).", lower_bound=1)
 _ROLLOUT_PROMPTS = flags.DEFINE_integer("rollout_prompts", 2, "Prompts per rollout (B).", lower_bound=1)
 _GROUP_SIZE = flags.DEFINE_integer("group_size", 8, "Samples per prompt (G).", lower_bound=1)
