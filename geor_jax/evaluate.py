@@ -113,10 +113,11 @@ def generate_answers(model, tokenizer, batches, max_new_tokens: int, *, mesh=Non
     Returns ``texts``, ``lat``, ``lon`` (the records' float64 ground truth),
     ``ids`` and ``regions`` (the truth's Chain of Region, recomputed from
     lat/lon) of every example, the same on every host: each host's rows are gathered, in global batch order.
-    Progress (``total`` examples expected, if known) is logged from process 0.
+    Progress (``total`` examples expected, if known) is logged from process 0, and that of long rollouts
+    (``--rollout_progress_every_steps``).
     """
-    config = sampling.SamplingConfig(max_new_tokens=max_new_tokens, greedy=True,
-                                     stop_tokens=tokenizer.special_ids.eos, pad_id=tokenizer.special_ids.pad)
+    config = sampling.SamplingConfig(max_new_tokens=max_new_tokens, greedy=True, stop_tokens=tokenizer.special_ids.eos,
+                                     pad_id=tokenizer.special_ids.pad, progress_every_steps=None)
     texts, lat, lon, ids = [], [], [], []
     with progress.Progress("evaluation", total, show=jax.process_index() == 0) as shown:
         for batch in batches:
