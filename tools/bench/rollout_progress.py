@@ -81,7 +81,8 @@ def main(argv):
     off = min(times[everies[0]])
     for k in everies:
         fastest, median = min(times[k]), float(np.median(times[k]))
-        per_report = f"{1e3 * (fastest - off) / (new // k + 2):+.3f}" if k else "-"  # + the first and last
+        reports = len(range(k, new, k)) + 2 if k else 0  # every k-th step before the end, the end, the start
+        per_report = f"{1e3 * (fastest - off) / reports:+.3f}" if k else "-"
         print(f"| {k} | {fastest:.3f} | {median:.3f} | {1e3 * fastest / new:.2f} | {fastest / off:.3f}x | "
               f"{per_report} |")
     print(f"trivial loop of 1000 steps: {1e6 * micro[0]:.2f} us/step without reports, {1e6 * micro[1]:.2f} us/step "
