@@ -52,7 +52,8 @@ def main(argv):
     with tempfile.TemporaryDirectory() as tmp:
         hf.save_pretrained(tmp)
         model = qvl.load_hf_checkpoint(tmp)
-    ids, mask, pixels, grids = bench_sampling.bench_prompts(bench_sampling._PROMPTS.value, model.config.vision.patch_dim)
+    prompt_count = bench_sampling._PROMPTS.value
+    ids, mask, pixels, grids = bench_sampling.bench_prompts(prompt_count, model.config.vision.patch_dim)
     prompts = Prompts(jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(pixels), grids)
     new, everies = bench_sampling._NEW_TOKENS.value, [int(k) for k in _EVERY.value]
     base = sampling.SamplingConfig(max_new_tokens=new, temperature=0.9)
@@ -71,8 +72,8 @@ def main(argv):
             start = time.perf_counter()
             call(k)
             times[k].append(time.perf_counter() - start)
-    rows = bench_sampling._PROMPTS.value * _GROUP.value
-    print(f"rows {rows} (B {bench_sampling._PROMPTS.value} x G {_GROUP.value})  prompt {ids.shape[1]} tokens  new tokens {new}  "
+    rows = prompt_count * _GROUP.value
+    print(f"rows {rows} (B {prompt_count} x G {_GROUP.value})  prompt {ids.shape[1]} tokens  new tokens {new}  "
           f"threads {bench_sampling._THREADS.value}  rounds {_ROUNDS.value}  load {common.load_average()}")
     micro = micro_report_cost(_ROUNDS.value)
     print("| progress_every_steps | fastest s/call | median s/call | ms/step (fastest / new tokens) | vs off | "
