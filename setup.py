@@ -35,6 +35,12 @@ CORE = [
 
 PYTEST = ["pytest==9.2.0", "pytest-xdist==3.8.0", "hypothesis==6.170.15"]
 
+# gs:// through etils.epath: without TensorFlow (not installed here) epath serves it with fsspec's "gcs"
+# filesystem, which is gcsfs. Checkpoint tensors go through TensorStore's own GCS driver, everything else
+# (orbax's metadata, metrics, exports, reports) through this. Part of the test extra, so tools/bootstrap.sh
+# installs it on every platform and tests/test_gcs.py checks it resolves.
+GCS = ["gcsfs==2026.10.1", "fsspec==2026.9.0"]
+
 TEST = [
     # CPU wheel on disk; only for parity tests against transformers.
     "torch==2.13.0",
@@ -42,7 +48,7 @@ TEST = [
     # is its dependency, pinned as the bench extra pins it.
     "peft==0.21.2",
     "accelerate==1.15.0",
-] + PYTEST
+] + GCS + PYTEST
 
 # Distributed dataset builds (TFDS on Apache Beam: DirectRunner, Dataflow, Flink, Spark). Install it in its own
 # environment (tools/bootstrap.sh beam -> .venv-beam): it moves protobuf, pillow and pyarrow to the older pins.
@@ -63,5 +69,5 @@ setup(
     packages=find_packages(include=["geor_jax", "geor_jax.*"]),
     python_requires=">=3.11",
     install_requires=CORE,
-    extras_require={"test": TEST, "bench": BENCH, "beam": BEAM, "beam_test": BEAM + PYTEST},
+    extras_require={"test": TEST, "gcs": GCS, "bench": BENCH, "beam": BEAM, "beam_test": BEAM + PYTEST},
 )

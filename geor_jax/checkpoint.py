@@ -136,6 +136,10 @@ class Checkpointer:
         """Steps with a finalised checkpoint on disk, oldest first."""
         return sorted(self._manager.all_steps())
 
+    def is_due(self, step: int, force: bool = False) -> bool:
+        """Whether ``save(step, ..., force=force)`` saves."""
+        return force or step % self.save_every == 0
+
     def save(self, step: int, state: Any, data_state: dict | None = None, *, force: bool = False) -> bool:
         """Start saving ``state`` (and the JSON ``data_state``) if ``step`` is due.
 
@@ -143,7 +147,7 @@ class Checkpointer:
         first, on device; the write runs in the background and the next save,
         ``wait`` or ``close`` waits for it.
         """
-        if step % self.save_every and not force:
+        if not self.is_due(step, force):
             return False
         args = ocp.args.Composite(**{
             _STATE: ocp.args.StandardSave(state),

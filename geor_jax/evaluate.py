@@ -160,10 +160,10 @@ def generate_answers(model, tokenizer, batches, max_new_tokens: int, *, mesh=Non
     """Greedy answers to ``batches`` (pipeline ``Batch``es), one ``AnswerBatch`` per batch, as each is decoded.
 
     Every host gets every host's rows, in global batch order. Progress (``total`` examples expected, if
-    known) is logged from process 0.
+    known) is logged from process 0, and that of long rollouts (``--rollout_progress_every_steps``).
     """
-    config = sampling.SamplingConfig(max_new_tokens=max_new_tokens, greedy=True,
-                                     stop_tokens=tokenizer.special_ids.eos, pad_id=tokenizer.special_ids.pad)
+    config = sampling.SamplingConfig(max_new_tokens=max_new_tokens, greedy=True, stop_tokens=tokenizer.special_ids.eos,
+                                     pad_id=tokenizer.special_ids.pad, progress_every_steps=None)
     with progress.Progress("evaluation", total, show=jax.process_index() == 0) as shown:
         for batch in batches:
             rollout = sampling.sample_groups(model, batch.prompts(), jax.random.key(0), config, group_size=1,

@@ -194,10 +194,11 @@ class GRPOConfig:
         config_fields.check(self)
 
     def sampling_config(self, stop_tokens: tuple[int, ...], pad_id: int) -> sampling.SamplingConfig:
-        """How the rollouts of these settings are sampled (stop and pad ids from the tokenizer)."""
+        """How the rollouts of these settings are sampled (stop and pad ids from the tokenizer; progress
+        reported as ``--rollout_progress_every_steps`` says)."""
         return sampling.SamplingConfig(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
                                        top_k=self.top_k, top_p=self.top_p, stop_tokens=tuple(stop_tokens),
-                                       pad_id=pad_id)
+                                       pad_id=pad_id, progress_every_steps=None)
 
 def reference_params(params, config: GRPOConfig, trainable=nnx.Param, copy: bool = True):
     """What the KL term must keep of the starting ``params`` (the SFT checkpoint), or None if beta == 0.

@@ -1,4 +1,4 @@
-"""Progress of long loops (dataset builds, evaluation, mining): done / total, rate and ETA.
+"""Progress of long loops (dataset builds, evaluation, mining, rollouts): done / total, rate and ETA.
 
 ``Progress`` logs one line every ``--progress_every_s`` seconds (default 30)
 through the ``geor_jax`` logger, which absl's handler formats like every
@@ -44,18 +44,19 @@ class Progress:
 
     ``show`` False makes it silent (other hosts). ``every_s`` overrides the
     flag; ``stream`` (default stderr) decides bar or log lines by whether it
-    is a terminal; ``clock`` is for tests.
+    is a terminal (``bar`` False: log lines always); ``clock`` is for tests.
+    ``detail``, if set, ends each line; ``lines`` counts the lines logged.
     """
 
     def __init__(self, what: str, total: int | None = None, unit: str = "examples", *, show: bool = True,
-                 every_s: float | None = None, stream=None, clock=time.monotonic):
+                 every_s: float | None = None, stream=None, bar: bool = True, clock=time.monotonic):
         self.what, self.total, self.unit, self.show = what, total, unit, show
         self.every_s = _every_s() if every_s is None else every_s
-        self.clock, self.done = clock, 0
+        self.clock, self.done, self.detail, self.lines = clock, 0, "", 0
         self.start = self.last_line = clock()
         stream = sys.stderr if stream is None else stream
         self.bar = None
-        if show and stream.isatty():
+        if show and bar and stream.isatty():
             self.bar = tqdm.tqdm(total=total, desc=what, unit=f" {unit}", file=stream, dynamic_ncols=True)
 
     def line(self, final: bool = False) -> str:
@@ -65,12 +66,13 @@ class Progress:
         rate = self.done / elapsed
         done = f"{self.done}/{self.total} {self.unit} ({100 * self.done / self.total:.1f}%)" if self.total else \
             f"{self.done} {self.unit}"
+        detail = f", {self.detail}" if self.detail else ""
         if final:
-            return f"{self.what}: {done} in {format_duration(elapsed)}, {rate:.3g} {self.unit}/s"
+            return f"{self.what}: {done} in {format_duration(elapsed)}, {rate:.3g} {self.unit}/s{detail}"
         if not self.total:
-            return f"{self.what}: {done}, {rate:.3g} {self.unit}/s"
+            return f"{self.what}: {done}, {rate:.3g} {self.unit}/s{detail}"
         eta = format_duration(max(self.total - self.done, 0) / rate) if rate > 0 else "unknown"
-        return f"{self.what}: {done}, {rate:.3g} {self.unit}/s, eta {eta}"
+        return f"{self.what}: {done}, {rate:.3g} {self.unit}/s, eta {eta}{detail}"
 
     def update(self, count: int = 1) -> None:
         """``count`` more units done; logs a line if ``every_s`` has passed since the last."""
@@ -80,7 +82,7 @@ class Progress:
         if self.bar is not None:
             self.bar.update(count)
         elif self.clock() - self.last_line >= self.every_s:
-            self.last_line = self.clock()
+            self.last_line, self.lines = self.clock(), self.lines + 1
             logger.info("%s", self.line())
 
     def close(self) -> None:

@@ -72,6 +72,19 @@ def test_other_processes_are_silent_and_a_terminal_gets_a_bar(caplog):
     assert lines(caplog) == ["evaluation: 4/4 examples (100.0%) in 4s, 1 examples/s"]  # only the summary
 
 
+def test_a_detail_ends_each_line_and_bar_false_logs_on_a_terminal_too(caplog):
+    clock = Clock()
+    shown = progress.Progress("rollout of 4 rows", 8, unit="steps", every_s=0, stream=Terminal(), bar=False,
+                              clock=clock)
+    clock.now += 2
+    shown.detail = "1/4 rows done"
+    shown.update(4)
+    shown.close()
+    assert shown.lines == 1
+    assert lines(caplog) == ["rollout of 4 rows: 4/8 steps (50.0%), 2 steps/s, eta 2s, 1/4 rows done",
+                             "rollout of 4 rows: 4/8 steps (50.0%) in 2s, 2 steps/s, 1/4 rows done"]
+
+
 def test_csv_rows_counts_data_lines(tmp_path):
     (tmp_path / "a.csv").write_text("id,lat,lon\n1,2,3\n4,5,6\n")
     (tmp_path / "b.csv").write_text("id,lat,lon\n7,8,9")  # no final newline

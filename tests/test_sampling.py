@@ -4,6 +4,7 @@ statistics, the log-prob convention, stops, errors and sharding."""
 import contextlib
 import dataclasses
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -266,9 +267,24 @@ def test_bad_input_raises_before_compiling(model, batch, change, message, monkey
         run(model, (ids, mask, pix), change.get("config", GREEDY), group=change.get("group", GROUP))
 
 
+def progress_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "geor_jax" and r.getMessage().startswith("rollout")]
+
+
+def expected_reports(out: Rollout, stop: tuple[int, ...], every: int) -> list[tuple[int, int]]:
+    """(step, finished rows) at every ``every``-th step of the loop, then at its end, read off its output."""
+    tokens, last = np.asarray(out.tokens), int(np.asarray(out.lengths).max())
+    finished = lambda t: int(sum(np.isin(row[:t], stop).any() for row in tokens))  # noqa: E731
+    return [(t, finished(t)) for t in sorted({*range(every, last + 1, every), last})]
+
+
 @pytest.mark.parametrize("mesh_context", [False, True], ids=["mesh_argument", "set_mesh"])
-def test_sharded_greedy_equals_single_device(checkpoint, batch, greedy, mesh_context):
-    """Also under ``jax.set_mesh``, as the train loop samples: the model's activation constraints apply."""
+def test_sharded_greedy_equals_single_device(checkpoint, batch, greedy, mesh_context, caplog, monkeypatch):
+    """Also under ``jax.set_mesh``, as the train loop samples: the model's activation constraints apply.
+    With progress reports on (every 3 steps), each reaches the host once, not once per device or shard."""
+    from geor_jax import progress
+    monkeypatch.setattr(progress, "_every_s", lambda: 0.0)  # a line at every report
+    caplog.set_level("INFO", logger="geor_jax")
     mesh = sharding_lib.make_mesh(data=1, fsdp=2, tensor=4)
     model = qvl.load_hf_checkpoint(checkpoint, mesh=mesh)
     ids, mask, pix = batch
@@ -276,8 +292,13 @@ def test_sharded_greedy_equals_single_device(checkpoint, batch, greedy, mesh_con
     rows_mask = jax.device_put(jnp.asarray(mask), sharding_lib.batch_sharding(mesh, 2))
     with jax.set_mesh(mesh) if mesh_context else contextlib.nullcontext():
         out = sampling.sample_groups(model, Prompts(rows, rows_mask, jnp.asarray(pix), GRIDS), jax.random.key(0),
-                                     GREEDY, group_size=GROUP + 1, mesh=mesh)
+                                     dataclasses.replace(GREEDY, progress_every_steps=3), group_size=GROUP + 1,
+                                     mesh=mesh)
     assert len(out.tokens.sharding.device_set) == 8
+    jax.effects_barrier()  # the callbacks have run
+    steps = [int(re.match(r"rollout of 6 rows: (\d+)/8 steps \(.*, 0/6 rows done, ", line)[1])
+             for line in progress_lines(caplog)]
+    assert steps == [3, 6, 8], progress_lines(caplog)  # 3, 6, then the end: its summary
     single = np.asarray(greedy.tokens)[::GROUP]
     np.testing.assert_array_equal(np.asarray(out.tokens)[:: GROUP + 1], single)
     np.testing.assert_array_equal(np.asarray(out.tokens)[1:: GROUP + 1], single)
@@ -315,3 +336,42 @@ def test_decode_completions_cuts_at_length():
                       logprobs=jnp.zeros((2, 3)))
     assert sampling.decode_completions(Tok(), rollout) == ["4", "5,6,7"]
     assert sampling.decode_completions(Tok(), rollout, skip_special_tokens=False) == ["4,9", "5,6,7"]
+
+
+def test_progress_reports_leave_samples_unchanged(model, batch, greedy, caplog, monkeypatch):
+    """Every 3rd decode step reaches the host with its count of finished rows; tokens, mask and log-probs
+    are bitwise those without progress (rows stop early). ``test_sharded_greedy_equals_single_device``
+    reports over 8 devices."""
+    from geor_jax import progress
+    monkeypatch.setattr(progress, "_every_s", lambda: 0.0)  # a line at every report
+    caplog.set_level("INFO", logger="geor_jax")
+    stop = (int(np.asarray(greedy.tokens)[0, 2]),)  # row 0 stops at step 3 at the latest
+    config = dataclasses.replace(GREEDY, stop_tokens=stop)
+    quiet = run(model, batch, config)
+    assert progress_lines(caplog) == []
+    out = run(model, batch, dataclasses.replace(config, progress_every_steps=3))
+    for name in ("tokens", "mask", "logprobs"):
+        np.testing.assert_array_equal(np.asarray(getattr(out, name)), np.asarray(getattr(quiet, name)), name)
+    jax.effects_barrier()  # the callbacks have run
+    lines = progress_lines(caplog)
+    reports = [re.fullmatch(r"rollout of 4 rows: (\d+)/8 steps \(.*, (\d+)/4 rows done, [\d.e+]+ tokens/s", line)
+               for line in lines]
+    assert all(reports) and " in 0s, " in lines[-1], lines  # the summary at the end
+    assert [(int(m[1]), int(m[2])) for m in reports] == expected_reports(out, stop, 3), lines
+
+
+def test_progress_is_off_by_default_and_silent_for_short_rollouts(model, batch, caplog, monkeypatch):
+    """No callback in the decode loop unless asked; ``None`` reads ``--rollout_progress_every_steps``; a
+    rollout shorter than ``--progress_every_s`` (30 s) reports but logs nothing, not even its summary."""
+    caplog.set_level("INFO", logger="geor_jax")
+    cache, logits = prefill(model, as_prompts(*batch), group_size=GROUP, max_len=batch[0].shape[1] + NEW_TOKENS)
+    traced = sampling.decode.trace(*nnx.split(model), cache, logits, jax.random.key(0), config=SAMPLED)
+    assert "debug_callback" not in str(traced.jaxpr)
+    reports, report = [], sampling._ROLLOUT_PROGRESS.report
+    monkeypatch.setattr(sampling._ROLLOUT_PROGRESS, "report",
+                        lambda *a: (reports.append((int(a[0]), bool(a[3]))), report(*a)))
+    monkeypatch.setattr(sampling, "rollout_progress_every_steps", lambda: 4)
+    jax.block_until_ready(run(model, batch, dataclasses.replace(SAMPLED, progress_every_steps=None)))
+    jax.effects_barrier()
+    assert reports == [(4, False), (8, True)]  # the flag's steps, the last one ending the loop
+    assert progress_lines(caplog) == []

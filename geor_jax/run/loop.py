@@ -175,6 +175,8 @@ def _save(r: Run, step: int, force: bool = False) -> None:
         data["reference"] = r.reference_digest
     if r.frozen_digest is not None:
         data["frozen"] = r.frozen_digest
+    if r.checkpointer.is_due(step, force):
+        r.logger.sync()  # the metrics up to this step are stored before its checkpoint exists
     r.checkpointer.save(step, r.state if r.frozen_digest is None else r.state.trained_only(), data, force=force)
 
 
@@ -185,6 +187,7 @@ def _maybe_evaluate(r: Run, step: int, last: bool) -> dict[str, float]:
     data = build.eval_pipeline(r.config.data, e.records_dir, e.split, e.batch_size)
     metrics, _, _ = evaluate.evaluate_policy(r.model(), r.tokenizer, data, e, r.mesh)
     r.logger.log(step, metrics, prefix="eval")
+    r.logger.sync()  # this step's checkpoint may already be stored: a resume would not evaluate it again
     return metrics
 
 
