@@ -164,6 +164,7 @@ def assert_profile(directory: pathlib.Path) -> None:
     assert list(directory.glob("plugins/profile/*/*.xplane.pb")), sorted(directory.rglob("*"))
 
 
+@pytest.mark.slow
 def test_sft_outputs_resume_exactly_after_sigkill_on_a_url_and_evaluate(data, tmp_path):
     """SFT with every output checked locally; then the same run killed and resumed on a URL workdir
     (tokenizer read from a URL) gives the same bits; the URL export evaluates onto a URL."""
@@ -218,6 +219,7 @@ def save_tiny_policy(data, directory: pathlib.Path, seed: int = 0, **token_ids) 
     return tiny_policy.save_for_tokenizer(data[0] / "tok", directory, seed, **token_ids)
 
 
+@pytest.mark.slow
 def test_grpo_learns_from_its_own_rows_and_resumes_exactly_after_sigkill(data, tmp_path):
     """GRPO with beta 0.04 from a HF checkpoint: a learning signal, rewards against each row's own
     ground truth, fresh sampling keys every step, and a bitwise-exact resume (the KL reference is the
@@ -282,6 +284,7 @@ def test_load_policy_checks_the_checkpoint_against_the_tokenizer(data, tmp_path)
         build.load_policy(config, str(tmp_path / "bad"), tokenizer_dir, mesh)
 
 
+@pytest.mark.slow
 def test_grpo_lora_resumes_exactly_exports_merged_and_peft_and_continues_from_the_adapter(data, tmp_path):
     """GRPO with LoRA (beta 0.04) from a HF checkpoint: checkpoints hold only the adapters and their moments,
     the resume is bitwise exact, ``hf/`` holds the merged policy and ``adapter/`` the PEFT adapter, and a new
