@@ -286,6 +286,7 @@ def test_second_pass_on_one_rollout_is_off_policy(step_for, rollout):
     assert int(state.step) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mesh_shape", [None, (2, 4)], ids=["no_mesh", "mesh_2x4"])
 def test_step_compiles_once_across_steps_and_a_restore(tmp_path, mesh_shape, graphdef, rollout):
     """Fresh, stepped and restored states place every leaf alike (AdamW's

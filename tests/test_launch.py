@@ -7,6 +7,8 @@ mid-way. A resumed run must reproduce the uninterrupted one bit for bit:
 the batches of every step, every logged metric, the final params and the
 optimizer state. The SFT run is killed and resumed on a URL workdir
 (``lfs://``, ``tests/url_scheme.py``) and compared with a local one.
+Reruns load what the straight run compiled from its persistent compilation
+cache (``cache_of``): most of these tests' time is XLA compiling.
 """
 
 import json
@@ -58,7 +60,17 @@ NO_EVAL = "--config.eval.records_dir="
 
 
 def environment(**extra) -> dict:
-    return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", **extra)
+    """2 fake CPU devices; JAX's persistent cache keeps every compiled program, not only those over 1 s."""
+    return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", **extra)
+
+
+def cache_of(straight_dir: pathlib.Path) -> str:
+    """The flag that points a rerun at the straight run's persistent compilation cache, so it compiles nothing
+    the straight run did (minutes on 2 busy cores). The resume tests prove as much: a cache hit is the program
+    the straight run compiled, which XLA would compile to the same executable again, and a program that differs
+    (other shapes, shardings, donation) misses the cache and compiles."""
+    return f"--config.train.compilation_cache_dir={straight_dir / 'compilation_cache'}"
 
 
 def with_urls(command: list[str], url_root: pathlib.Path | None) -> tuple[list[str], dict]:
@@ -131,7 +143,7 @@ def assert_kill_and_resume_is_exact(straight_dir, args, tmp_path, total_steps, k
     """
     resumed_dir = tmp_path / "resumed" if url_root is None else url_root / "bucket" / "resumed"
     workdir = resumed_dir if url_root is None else "lfs://bucket/resumed"
-    run_args = [f"--workdir={workdir}", *args]
+    run_args = [f"--workdir={workdir}", *args, cache_of(straight_dir)]
     probe(run_args, tmp_path / "killed.jsonl", kill_at_batch=kill_at_batch, scorer=scorer, url_root=url_root)
     resumed = probe(run_args, tmp_path / "resumed.jsonl", scorer=scorer, url_root=url_root)
     start = resumed_from(resumed)
@@ -152,6 +164,7 @@ def assert_profile(directory: pathlib.Path) -> None:
     assert list(directory.glob("plugins/profile/*/*.xplane.pb")), sorted(directory.rglob("*"))
 
 
+@pytest.mark.slow
 def test_sft_outputs_resume_exactly_after_sigkill_on_a_url_and_evaluate(data, tmp_path):
     """SFT with every output checked locally; then the same run killed and resumed on a URL workdir
     (tokenizer read from a URL) gives the same bits; the URL export evaluates onto a URL."""
@@ -206,6 +219,7 @@ def save_tiny_policy(data, directory: pathlib.Path, seed: int = 0, **token_ids) 
     return tiny_policy.save_for_tokenizer(data[0] / "tok", directory, seed, **token_ids)
 
 
+@pytest.mark.slow
 def test_grpo_learns_from_its_own_rows_and_resumes_exactly_after_sigkill(data, tmp_path):
     """GRPO with beta 0.04 from a HF checkpoint: a learning signal, rewards against each row's own
     ground truth, fresh sampling keys every step, and a bitwise-exact resume (the KL reference is the
@@ -270,6 +284,7 @@ def test_load_policy_checks_the_checkpoint_against_the_tokenizer(data, tmp_path)
         build.load_policy(config, str(tmp_path / "bad"), tokenizer_dir, mesh)
 
 
+@pytest.mark.slow
 def test_grpo_lora_resumes_exactly_exports_merged_and_peft_and_continues_from_the_adapter(data, tmp_path):
     """GRPO with LoRA (beta 0.04) from a HF checkpoint: checkpoints hold only the adapters and their moments,
     the resume is bitwise exact, ``hf/`` holds the merged policy and ``adapter/`` the PEFT adapter, and a new
@@ -304,7 +319,8 @@ def test_grpo_lora_resumes_exactly_exports_merged_and_peft_and_continues_from_th
     assert max(delta) < 1e-6
 
     # A new run continues from the PEFT adapter: at its first step the policy is already off the reference.
+    # (All 4 steps: the step compiled for the straight run's schedule is then the one cached.)
     continued = tmp_path / "continued"
     launch("train.py", [f"--workdir={continued}", *args, f"--config.lora.init_from={straight_dir / 'adapter'}",
-                        "--config.train.num_steps=1"])
+                        cache_of(straight_dir)])
     assert train_rows(continued)[0]["kl"] > 0

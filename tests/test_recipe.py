@@ -28,9 +28,10 @@ def load_demo_config():
 
 
 def tiny_recipe(demo):
-    """configs/demo.py's recipe and stages, shrunk: 24 training and 8 held-out images, 2 steps per stage."""
+    """configs/demo.py's recipe and stages, shrunk: 24 training and 8 held-out images of one small size (one
+    batch shape to compile per program; mixed sizes: tests/test_train_on_demo.py), 2 steps per stage."""
     r = demo.get_recipe()
-    r.world.update(train_images=24, test_images=8)
+    r.world.update(train_images=24, test_images=8, image_sizes=((56, 56),))
     stages = []
     for stage in ("sft", "grpo"):
         c = demo.get_config(stage)
@@ -47,6 +48,7 @@ def read_ids(path):
         return [line.strip() for line in f if line.strip()]
 
 
+@pytest.mark.slow
 def test_run_seed_runs_the_six_steps_and_builds_the_ablations_inputs(tmp_path):
     """One recipe run (GRPO on the hard records only: each GRPO run compiles anew, minutes on a loaded CPU),
     then the ablations' inputs from its world: the random records and the no-KL config."""

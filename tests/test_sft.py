@@ -131,6 +131,7 @@ def test_bf16_compute_keeps_fp32_master_params():
 MESHES = {"no_mesh": None, "mesh_1": (1, 1), "mesh_2x4": (2, 4)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mesh_shape", MESHES.values(), ids=MESHES.keys())
 def test_step_compiles_once_across_steps_and_a_restore(tmp_path, mesh_shape):
     """Fresh, stepped and restored states place every leaf alike (AdamW's
