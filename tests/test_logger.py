@@ -78,19 +78,34 @@ def test_a_url_workdir_uploads_metrics_at_a_bounded_cadence_and_at_sync(lfs, upl
 def test_a_url_workdir_rolls_tensorboard_events_into_bounded_parts(lfs, monkeypatch):
     """A flush rewrites only the current part, which rolls over once it holds ``part_bytes``: no flush
     uploads the history. The parts, read in name order, hold every scalar once and in order."""
+    part_bytes = 1024
     flushed, flush = [], logger_lib._EventFile.flush
     monkeypatch.setattr(logger_lib._EventFile, "flush",
                         lambda self: (flushed.append((self.part, self.buffer.tell())), flush(self)))
-    metrics = logger_lib.MetricsLogger("lfs://bucket/run", 200, part_bytes=1024)
+    metrics = logger_lib.MetricsLogger("lfs://bucket/run", 200, part_bytes=part_bytes)
     for step in range(1, 201):
         metrics.log(step, {"loss": float(step), "lr": 0.5})
     metrics.close()
     parts = sorted((lfs / "run" / "tensorboard").glob("events.out.tfevents.*"))
     sizes = [part.stat().st_size for part in parts]
-    assert len(parts) >= 5 and min(sizes[:-1]) >= 1024, sizes  # a part is left once full
-    assert all(size <= sizes[part] for part, size in flushed)  # each upload: (a prefix of) its own part
+    assert len(parts) >= 5 and min(sizes[:-1]) >= part_bytes, sizes  # a part is left once full
+    # each upload is (a prefix of) its own part; a flush of a just-started, still empty part writes nothing
+    assert all(size <= sizes[part] for part, size in flushed if size), (flushed, sizes)
     assert events(lfs / "run" / "tensorboard") == [(s, tag, v) for s in range(1, 201)
                                                    for tag, v in (("train/loss", s), ("train/lr", 0.5))]
+
+
+def test_a_part_filled_exactly_rolls_over_without_writing_an_empty_part(lfs):
+    """When the last flush fills a part, the next part starts empty; closing then writes no empty file
+    (the writer thread's timing decides whether a run ends so, hence this case on its own)."""
+    (lfs / "run").mkdir(parents=True)
+    events_file = logger_lib._EventFile("lfs://bucket/run/events.out.tfevents.1", part_bytes=8)
+    events_file.write(b"12345678")
+    events_file.flush()
+    events_file.close()
+    assert events_file.part == 1
+    assert sorted(p.name for p in (lfs / "run").iterdir()) == ["events.out.tfevents.1"]
+    assert (lfs / "run" / "events.out.tfevents.1").read_bytes() == b"12345678"
 
 
 @pytest.mark.parametrize("on_url", [False, True], ids=["local", "url"])
