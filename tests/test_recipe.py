@@ -51,7 +51,7 @@ def read_ids(path):
 @pytest.mark.slow
 def test_run_seed_runs_the_six_steps_and_builds_the_ablations_inputs(tmp_path):
     """One recipe run (GRPO on the hard records only: each GRPO run compiles anew, minutes on a loaded CPU),
-    then the ablations' inputs from its world: the random records and the no-KL config."""
+    then the ablations' inputs from its world: the random records and the no-KL configs."""
     demo = load_demo_config()
     r, sft, grpo = tiny_recipe(demo)
     lines = []
@@ -87,6 +87,7 @@ def test_run_seed_runs_the_six_steps_and_builds_the_ablations_inputs(tmp_path):
     # The no-KL ablation: beta 0, everything else as the recipe's GRPO.
     no_kl = recipe.stage_config(grpo, world, random_dir, 3, overrides=recipe.VARIANTS["no_kl"][1])
     assert no_kl.grpo.beta == 0.0 and recipe.stage_config(grpo, world, random_dir, 3).grpo.beta == grpo.grpo.beta
+    assert recipe.VARIANTS["random_no_kl"] == ("random", recipe.VARIANTS["no_kl"][1])  # both ablations at once
     # Had the SFT model solved every training image, nothing would be left for GRPO: refused, with the figures.
     solved = tmp_path / "solved.csv"
     with open(solved, "w", newline="") as f:

@@ -11,7 +11,7 @@
 
 ``launch/demo.py`` runs it once; ``tools/bench/learning.py`` runs it over seeds
 and with the paper's ablations (``VARIANTS``: GRPO on random unmined records
-of the same size, GRPO without KL). One ``seed`` sets a run's ``config.seed``
+of the same size, GRPO without KL, and both at once). One ``seed`` sets a run's ``config.seed``
 (model init, sampling) and ``config.data.seed`` (shuffling); the world is
 fixed by the recipe config, so every seed is scored on the same images.
 """
@@ -36,6 +36,7 @@ VARIANTS = {
     "hard": ("hard", {}),
     "random": ("random", {}),  # as many records as the hard set, drawn from the whole training set
     "no_kl": ("hard", {"grpo.beta": 0.0}),
+    "random_no_kl": ("random", {"grpo.beta": 0.0}),  # with the two above: mining and KL, each on and off
 }
 
 

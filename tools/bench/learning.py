@@ -3,15 +3,17 @@
 Each seed runs ``geor_jax.run.recipe.run_seed`` (launch/demo.py's six steps,
 configs/demo.py's settings) with the recipe's GRPO (on the mined hard
 records) and the paper's ablations: GRPO on as many random, unmined training
-records, and GRPO on the hard records without KL (beta 0). Every model
-answers the same held-out images, so each metric's GRPO-minus-SFT difference
-is paired per image: per seed with its 95% bootstrap interval over images,
-pooled (the mean over seeds, images resampled jointly) and its spread over
-seeds (sample standard deviation of the per-seed differences). Prints a
+records, GRPO on the hard records without KL (beta 0), and GRPO on the random
+records without KL (so mining and KL are each measured with the other on
+and off). Every model answers the same held-out images, so each metric's
+GRPO-minus-SFT difference is paired per image: per seed with its 95%
+bootstrap interval over images, pooled (the mean over seeds, images
+resampled jointly) and its spread over seeds (sample standard deviation of
+the per-seed differences). Prints a
 markdown table per variant and the issue's goal check; writes the figures to
 ``<root>/learning.json``.
 
-    PYTHONPATH=. python tools/bench/learning.py                       # 3 seeds, all variants
+    PYTHONPATH=. python tools/bench/learning.py --seeds=0,1,2,3,4     # 5 seeds, all variants
     PYTHONPATH=. python tools/bench/learning.py --seeds=0,1,2,3 --variants=hard --grpo_steps=40
 
 Runs resume from their workdirs' checkpoints (as launch/train.py does); pass
