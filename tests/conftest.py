@@ -1,4 +1,4 @@
-"""Test session set-up: 8 fake CPU devices for sharding tests.
+"""Test session set-up: 8 fake CPU devices for sharding tests, cheap compiles (tests/xla_env.py).
 
 XLA reads XLA_FLAGS once, when JAX first starts a backend, so this must run
 before any test module imports jax.
@@ -6,7 +6,7 @@ before any test module imports jax.
 
 import os
 
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-).strip()
+import xla_env
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + xla_env.xla_flags(8)).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")

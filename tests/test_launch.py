@@ -21,6 +21,7 @@ import sys
 import numpy as np
 import pytest
 import url_scheme
+import xla_env
 
 from geor_jax import geo, paths, regions
 from geor_jax.data import builder, demo_world
@@ -60,8 +61,9 @@ NO_EVAL = "--config.eval.records_dir="
 
 
 def environment(**extra) -> dict:
-    """2 fake CPU devices; JAX's persistent cache keeps every compiled program, not only those over 1 s."""
-    return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    """2 fake CPU devices; no torch (tests/without_torch); JAX's persistent cache keeps every compiled
+    program, not only those over 1 s."""
+    return dict(os.environ, XLA_FLAGS=xla_env.xla_flags(2), PYTHONPATH=str(ROOT / "tests" / "without_torch"),
                 JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", **extra)
 
 

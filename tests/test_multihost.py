@@ -7,11 +7,13 @@ import subprocess
 import sys
 import textwrap
 
+import xla_env
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 WORKER = textwrap.dedent("""
     import os, sys
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    os.environ["XLA_FLAGS"] = sys.argv[3]
     os.environ["JAX_PLATFORMS"] = "cpu"
     import jax, jax.numpy as jnp, numpy as np
     from geor_jax import sharding
@@ -53,8 +55,8 @@ def test_two_processes_build_one_global_batch(tmp_path):
     script.write_text(WORKER)
     port = free_port()
     workers = [
-        subprocess.Popen([sys.executable, str(script), str(port), str(i)], cwd=ROOT, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+        subprocess.Popen([sys.executable, str(script), str(port), str(i), xla_env.xla_flags(2)], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for i in range(2)
     ]
     outputs = [w.communicate(timeout=240) for w in workers]
@@ -86,7 +88,8 @@ def test_two_processes_evaluate_every_example_once_as_one_process_does(tmp_path)
             "--config.eval.num_examples=0", "--config.eval.max_new_tokens=6", "--config.train.compilation_cache_dir="]
 
     def start(devices: int, output: str, *extra: str) -> subprocess.Popen:
-        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+        env = dict(os.environ, XLA_FLAGS=xla_env.xla_flags(devices), JAX_PLATFORMS="cpu",
+                   PYTHONPATH=str(ROOT / "tests" / "without_torch"))  # as a user's install: no torch
         return subprocess.Popen([sys.executable, *args, f"--output_dir={tmp_path / output}", *extra], cwd=ROOT,
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
