@@ -12,7 +12,6 @@ cache (``cache_of``): most of these tests' time is XLA compiling.
 """
 
 import json
-import os
 import pathlib
 import signal
 import subprocess
@@ -21,7 +20,7 @@ import sys
 import numpy as np
 import pytest
 import url_scheme
-import xla_env
+import process_env
 
 from geor_jax import geo, paths, regions
 from geor_jax.data import builder, demo_world
@@ -61,10 +60,9 @@ NO_EVAL = "--config.eval.records_dir="
 
 
 def environment(**extra) -> dict:
-    """2 fake CPU devices; no torch (tests/without_torch); JAX's persistent cache keeps every compiled
+    """2 fake CPU devices, no torch (tests/process_env.py); JAX's persistent cache keeps every compiled
     program, not only those over 1 s."""
-    return dict(os.environ, XLA_FLAGS=xla_env.xla_flags(2), PYTHONPATH=str(ROOT / "tests" / "without_torch"),
-                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", **extra)
+    return process_env.launched(2, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", **extra)
 
 
 def cache_of(straight_dir: pathlib.Path) -> str:

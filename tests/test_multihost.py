@@ -1,13 +1,12 @@
 """Two CPU processes join one run: per-host batches feed global arrays; evaluation covers every example once."""
 
-import os
 import pathlib
 import socket
 import subprocess
 import sys
 import textwrap
 
-import xla_env
+import process_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -55,7 +54,7 @@ def test_two_processes_build_one_global_batch(tmp_path):
     script.write_text(WORKER)
     port = free_port()
     workers = [
-        subprocess.Popen([sys.executable, str(script), str(port), str(i), xla_env.xla_flags(2)], cwd=ROOT,
+        subprocess.Popen([sys.executable, str(script), str(port), str(i), process_env.xla_flags(2)], cwd=ROOT,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for i in range(2)
     ]
@@ -88,10 +87,8 @@ def test_two_processes_evaluate_every_example_once_as_one_process_does(tmp_path)
             "--config.eval.num_examples=0", "--config.eval.max_new_tokens=6", "--config.train.compilation_cache_dir="]
 
     def start(devices: int, output: str, *extra: str) -> subprocess.Popen:
-        env = dict(os.environ, XLA_FLAGS=xla_env.xla_flags(devices), JAX_PLATFORMS="cpu",
-                   PYTHONPATH=str(ROOT / "tests" / "without_torch"))  # as a user's install: no torch
         return subprocess.Popen([sys.executable, *args, f"--output_dir={tmp_path / output}", *extra], cwd=ROOT,
-                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                env=process_env.launched(devices), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     port = free_port()
     runs = [start(2, "two", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}")

@@ -11,9 +11,10 @@
 
 ``launch/demo.py`` runs it once; ``tools/bench/learning.py`` runs it over seeds
 and with the paper's ablations (``VARIANTS``: GRPO on random unmined records
-of the same size, GRPO without KL, and both at once). One ``seed`` sets a run's ``config.seed``
-(model init, sampling) and ``config.data.seed`` (shuffling); the world is
-fixed by the recipe config, so every seed is scored on the same images.
+of the same size, GRPO without KL, and both at once). One ``seed`` sets a
+run's ``config.seed`` (model init, sampling) and ``config.data.seed``
+(shuffling); the world is fixed by the recipe config, so every seed is
+scored on the same images.
 """
 
 from __future__ import annotations

@@ -9,9 +9,8 @@ and off). Every model answers the same held-out images, so each metric's
 GRPO-minus-SFT difference is paired per image: per seed with its 95%
 bootstrap interval over images, pooled (the mean over seeds, images
 resampled jointly) and its spread over seeds (sample standard deviation of
-the per-seed differences). Prints a
-markdown table per variant and the issue's goal check; writes the figures to
-``<root>/learning.json``.
+the per-seed differences). Prints a markdown table per variant and the
+issue's goal check; writes the figures to ``<root>/learning.json``.
 
     PYTHONPATH=. python tools/bench/learning.py --seeds=0,1,2,3,4     # 5 seeds, all variants
     PYTHONPATH=. python tools/bench/learning.py --seeds=0,1,2,3 --variants=hard --grpo_steps=40
