@@ -30,24 +30,21 @@ hosts (``--shard=i/n``) and resumes it by shard.
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import dataclasses
 import json
-import multiprocessing
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
 
 from geor_jax import paths, progress, regions
-from geor_jax.data import archives, encoding, layouts, report as report_lib, rows
+from geor_jax.data import archives, image_workers, layouts, report as report_lib, rows
 
 BadRowsError = report_lib.BadRowsError
 BuildReport = report_lib.BuildReport
 REPORT_NAME = "build_report.json"
 COORDINATES_HEADER = "id,lat,lon"
-_TASK_IMAGES = 8  # images per worker task
 
 
 class EmptyPartError(RuntimeError):
@@ -171,39 +168,6 @@ def coordinates_line(image_id: str, lat: float, lon: float) -> str:
     return f"{quoted},{float(lat)!r},{float(lon)!r}"
 
 
-class _ImageLoader:
-    """Reads and encodes images in order: in this process, or in worker processes (not threads, which would
-    share one GIL with each other and with the main process's CSV reading and TFDS writing)."""
-
-    def __init__(self, num_workers: int, max_long_side: int | None, quality: int):
-        self.args = (max_long_side, quality)
-        self.pool = None
-        if num_workers > 0:
-            if "forkserver" in multiprocessing.get_all_start_methods():
-                # Workers fork from a clean server (not from this process and its threads) that imports only
-                # the image code, not __main__ (a launcher that imports JAX would make every start slow).
-                context = multiprocessing.get_context("forkserver")
-                context.set_forkserver_preload(["geor_jax.data.encoding"])
-            else:
-                context = multiprocessing.get_context("spawn")
-            self.pool = concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=context)
-
-    def submit(self, sources: Sequence[archives.Source]) -> Iterator[tuple[bytes | None, str]]:
-        """(bytes, "") or (None, error) per source, in order; work starts now when there are workers."""
-        if self.pool is None:
-            return (encoding.load_image(source, *self.args) for source in sources)
-        futures = [self.pool.submit(encoding.load_images, sources[i:i + _TASK_IMAGES], *self.args)
-                   for i in range(0, len(sources), _TASK_IMAGES)]
-        return (result for future in futures for result in future.result())
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-
-
 class GeoCorRecords(tfds.core.GeneratorBasedBuilder):
     """Geotagged photos with precomputed Chain-of-Region targets (ArrayRecord)."""
 
@@ -316,7 +280,7 @@ class GeoCorRecords(tfds.core.GeneratorBasedBuilder):
             if chunk:
                 yield chunk
 
-        with _ImageLoader(workers, config.max_long_side, config.jpeg_quality) as loader, \
+        with image_workers.ImageLoader(workers, config.max_long_side, config.jpeg_quality) as loader, \
                 self._coordinates_file(split) as coordinates, shown:
             coordinates.write(COORDINATES_HEADER + "\n")
             pending = collections.deque()  # two chunks in flight: workers decode the next while this one is written
