@@ -68,7 +68,15 @@ def build_shard(layout: str, manual_dir: str, data_dir: str, shard: tuple[int, i
     if len(done) < num_shards:
         print(f"{len(done)} of {num_shards} shards built; the run that builds the last one merges them")
         return os.fspath(final.data_dir), BuildReport.from_dict(_load(report_path))
-    return os.fspath(final.data_dir), merge(final, root, num_shards)
+    try:
+        return os.fspath(final.data_dir), merge(final, root, num_shards)
+    except OSError:
+        if not final.is_prepared():
+            raise
+        # Shards run side by side (on one host or several) can finish together: both merge, one publishes
+        # first and removes the shard builds the other was reading.
+        print(f"another run merged the {num_shards} shards first into {os.fspath(final.data_dir)}")
+        return os.fspath(final.data_dir), None
 
 
 def _load(path: str) -> dict:
@@ -107,6 +115,20 @@ def merge(final: builder_lib.GeoCorRecords, root: str, num_shards: int) -> Build
              if os.path.isfile(os.path.join(d, "dataset_info.json"))]
     work = f"{final_dir}.merging-{socket.gethostname()}-{os.getpid()}"
     os.makedirs(work)
+    try:
+        _assemble(final, parts, split, work, total)
+        os.rename(work, final_dir)  # atomic; fails if another run's merge got there first
+    except OSError:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    shutil.rmtree(root, ignore_errors=True)
+    print(f"merged {num_shards} shards into {final_dir}")
+    return total
+
+
+def _assemble(final: builder_lib.GeoCorRecords, parts: list, split: str, work: str, total: BuildReport) -> None:
+    """The merged records folder in ``work``: the parts' files linked in order, one coordinates sidecar,
+    the dataset info and the report."""
     template = naming.ShardedFileTemplate(data_dir=work, dataset_name=final.name, split=split,
                                           filetype_suffix="array_record")
     infos = [part.info.splits[split] for part in parts]
@@ -125,13 +147,3 @@ def merge(final: builder_lib.GeoCorRecords, root: str, num_shards: int) -> Build
         num_bytes=sum(i.num_bytes for i in infos), filename_template=template)]))
     info.write_to_directory(work)
     total.save(os.path.join(work, builder_lib.REPORT_NAME))
-    try:
-        os.rename(work, final_dir)  # atomic; fails if another host's merge got there first
-    except OSError:
-        shutil.rmtree(work, ignore_errors=True)
-        if not final.is_prepared():
-            raise
-        return total
-    shutil.rmtree(root, ignore_errors=True)
-    print(f"merged {num_shards} shards ({len(files)} files) into {final_dir}")
-    return total
