@@ -2,6 +2,7 @@
 
     .venv-beam/bin/python tools/bench/build_records.py        # all three (Beam needs the beam extra's venv)
     .venv/bin/python tools/bench/build_records.py             # without Beam
+    .venv/bin/python tools/bench/build_records.py --rounds=5  # medians of 5 rounds (this VM is noisy)
 
 Writes ``--images`` synthetic 640x480 JPEGs (smooth gradients, shapes and
 noise, ~50 KB each, like photos at quality 90) into an MP16-Pro download:
@@ -9,17 +10,22 @@ noise, ~50 KB each, like photos at quality 90) into an MP16-Pro download:
 in place. Each build runs the README's MP16-Pro command (``--max_long_side=512``:
 every image is decoded, resized and re-encoded) into a fresh folder and
 is timed end to end (CSV, tar index, reverse geocoding, TFDS writing).
-Prints images/s, the speed-up over one process, the main process's CPU per
-image, and projections for MP16-Pro's 4.12M images from CPU time per image
-(wall time on this shared 2-core machine depends on its load; CPU time does
-not): a host with c cores and c - 1 worker processes, bounded by the main
-process that writes the records.
+Prints images/s and the speed-up over one process (with ``--rounds``:
+medians, and each round's own ratio) beside the ceiling: the same images
+re-encoded, nothing else, in one process and in two, which is what this
+machine's cores give the work itself. Then the main process's CPU per image
+and projections for MP16-Pro's 4.12M images from CPU time per image (wall
+time on this shared 2-core machine depends on its load; CPU time does not):
+a host with c cores and c - 1 worker processes, bounded by the main process
+that writes the records.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import io
+import multiprocessing
 import os
 import shutil
 import sys
@@ -32,7 +38,7 @@ import PIL.ImageDraw
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
-from geor_jax.data import builder  # noqa: E402
+from geor_jax.data import builder, encoding  # noqa: E402
 
 MP16_IMAGES = 4_120_000  # images in MP16-Pro's tars (4.65M rows)
 
@@ -55,19 +61,19 @@ def synthetic_jpeg(rng: np.random.Generator, size=(640, 480)) -> bytes:
     return out.getvalue()
 
 
-def write_collection(root: str, count: int, seed: int = 0) -> float:
-    """An MP16-Pro download of ``count`` synthetic images (tar in 4 chunks); returns the mean JPEG size (KB)."""
+def write_collection(root: str, count: int, seed: int = 0) -> list[bytes]:
+    """An MP16-Pro download of ``count`` synthetic images (tar in 4 chunks); returns the JPEGs written."""
     import tarfile
 
     rng = np.random.default_rng(seed)
     tar_path = os.path.join(root, "whole.tar")
-    sizes = []
+    images = []
     with tarfile.open(tar_path, "w") as tar, open(os.path.join(root, "MP16_Pro_filtered.csv"), "w") as csv:
         csv.write("IMG_ID,LAT,LON\n")
         for i in range(count):
             ref = f"{i % 256:02x}/{i // 256 % 256:02x}/{i}.jpg"
             data = synthetic_jpeg(rng)
-            sizes.append(len(data))
+            images.append(data)
             info = tarfile.TarInfo(f"mp-16-images/{ref.replace('/', '_')}")
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
@@ -78,7 +84,33 @@ def write_collection(root: str, count: int, seed: int = 0) -> float:
         with open(os.path.join(root, f"mp-16-images{k:02d}"), "wb") as f:
             f.write(data[bounds[k]:bounds[k + 1]])
     os.remove(tar_path)
-    return float(np.mean(sizes)) / 1e3
+    return images
+
+
+_IMAGES: list[bytes] = []  # a ceiling worker's copy of the collection's JPEGs
+
+
+def _hold_images(images: list[bytes]) -> None:
+    _IMAGES[:] = images
+
+
+def _encode_range(start: int, stop: int) -> None:
+    for data in _IMAGES[start:stop]:
+        encoding.encode_image(data, 512, 95)
+
+
+def encode_seconds(images: list[bytes], pool=None, processes: int = 1) -> float:
+    """Wall seconds to re-encode ``images`` as the build does (``--max_long_side=512``), nothing else: in this
+    process, or split evenly over ``pool``'s ``processes`` (which hold the images already). The two-process figure
+    against the one-process one is what this machine's cores give this work: the build's ceiling."""
+    start = time.perf_counter()
+    if pool is None:
+        for data in images:
+            encoding.encode_image(data, 512, 95)
+    else:
+        bounds = np.linspace(0, len(images), processes + 1).astype(int)
+        list(pool.map(_encode_range, bounds[:-1], bounds[1:]))
+    return time.perf_counter() - start
 
 
 def timed_build(manual: str, work: str, name: str, **kwargs) -> tuple[float, float, int]:
@@ -96,12 +128,14 @@ def main():
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker-process counts to time")
     parser.add_argument("--beam_workers", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=1, help="times to run every build, in turn")
     parser.add_argument("--work_dir", default=None)
     args = parser.parse_args()
     work = args.work_dir or tempfile.mkdtemp(prefix="geor_build_bench_")
     manual = os.path.join(work, "manual")
     os.makedirs(manual, exist_ok=True)
-    kb = write_collection(manual, args.images)
+    images = write_collection(manual, args.images)
+    kb = float(np.mean([len(data) for data in images])) / 1e3
     print(f"{args.images} synthetic 640x480 JPEGs ({kb:.0f} KB each on average), MP16-Pro layout, tar in 4 chunks; "
           f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} before the runs")
     timed_build(manual, work, "warmup", num_workers=0)  # imports and reverse_geocoder warm
@@ -118,27 +152,51 @@ def main():
     except ImportError:
         print("apache_beam not importable: Beam run skipped (run with .venv-beam, see tools/bootstrap.sh beam)")
 
-    results = []
-    for label, cores, kwargs in runs:
-        seconds, cpu, written = timed_build(manual, work, label.replace(" ", "_").replace(",", ""), **kwargs)
-        assert written == args.images, (label, written)
-        results.append((label, cores, args.images / seconds, seconds, 1e3 * cpu / args.images))
-        print(f"  {label}: {seconds:.1f} s, {args.images / seconds:.1f} images/s, main process "
-              f"{1e3 * cpu / args.images:.1f} ms CPU per image, load average {os.getloadavg()[0]:.1f}", flush=True)
+    # Rounds: each round runs every build once, in turn, so a ratio compares builds that ran minutes apart
+    # at most; this VM's speed drifts by 30% over a few minutes. Figures are medians over rounds.
+    seconds = {label: [] for label, _, _ in runs}
+    cpu_ms = {label: [] for label, _, _ in runs}
+    ceiling = []  # per round: one process's encoding seconds over two processes'
+    context = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods()
+                                          else "spawn")
+    pool = concurrent.futures.ProcessPoolExecutor(2, mp_context=context, initializer=_hold_images, initargs=(images,))
+    encode_seconds(images[:8], pool, 2)  # the pool's processes started
+    for round_index in range(args.rounds):
+        one, two = encode_seconds(images), encode_seconds(images, pool, 2)
+        ceiling.append(one / two)
+        print(f"  round {round_index + 1}, encoding only: one process {one:.1f} s, two processes {two:.1f} s, "
+              f"{one / two:.2f}x", flush=True)
+        for label, _, kwargs in runs:
+            wall, cpu, written = timed_build(manual, work, label.replace(" ", "_").replace(",", ""), **kwargs)
+            assert written == args.images, (label, written)
+            seconds[label].append(wall)
+            cpu_ms[label].append(1e3 * cpu / args.images)
+            print(f"  round {round_index + 1}, {label}: {wall:.1f} s, {args.images / wall:.1f} images/s, main "
+                  f"process {1e3 * cpu / args.images:.1f} ms CPU per image, load average {os.getloadavg()[0]:.1f}",
+                  flush=True)
 
-    base = results[0][2]
-    print("\n| build | processes | seconds | images/s | vs one process | main process CPU ms/image |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    for label, cores, rate, seconds, main_ms in results:
-        print(f"| {label} | {cores} | {seconds:.1f} | {rate:.1f} | {rate / base:.2f}x | {main_ms:.1f} |")
+    base = runs[0][0]
+    print(f"\nmedians over {args.rounds} round(s); 'vs one process' is the median of each round's own ratio")
+    print("| build | processes | seconds | images/s | vs one process | per round | main process CPU ms/image |")
+    print("| --- | ---: | ---: | ---: | ---: | --- | ---: |")
+    results = []
+    for label, cores, _ in runs:
+        ratios = [b / s for b, s in zip(seconds[base], seconds[label])]
+        median_s, main_ms = float(np.median(seconds[label])), float(np.median(cpu_ms[label]))
+        results.append((label, main_ms))
+        print(f"| {label} | {cores} | {median_s:.1f} | {args.images / median_s:.1f} | {np.median(ratios):.2f}x | "
+              f"{', '.join(f'{r:.2f}' for r in ratios)} | {main_ms:.1f} |")
+    print(f"| ceiling: encoding only, no build | 2 | | | {np.median(ceiling):.2f}x | "
+          f"{', '.join(f'{r:.2f}' for r in ceiling)} | |")
+    pool.shutdown()
     # CPU per image does not depend on how busy the machine is; wall time does. One process does all the work
     # (t ms per image); with worker processes the main one still reads, geocodes and writes (m ms per image), the
     # workers do the rest (t - m). A host with c cores and c - 1 workers then builds min((c - 1) / (t - m), 1 / m)
     # images per ms; past 1 / m, split the host into shards (--shard=i/n, one writer each) or use Beam.
-    single_ms = results[0][4]
+    single_ms = results[0][1]
     multi = [r for r in results if r[0].endswith("processes") and not r[0].startswith("Beam")]
     if multi:
-        main_ms = multi[-1][4]
+        main_ms = multi[-1][1]
         worker_ms = single_ms - main_ms
         print(f"\nCPU per image: {single_ms:.1f} ms in one process; with workers {main_ms:.1f} ms in the main process "
               f"and ~{worker_ms:.1f} ms in the workers")
