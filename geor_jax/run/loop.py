@@ -35,6 +35,8 @@ class TrainConfig:
     freeze: towers that keep their weights in full fine-tuning (``lora.FREEZE_GROUPS``: "vision", "merger",
     "embeddings"); with LoRA every base weight is frozen anyway.
     profile_steps: ``first,last`` writes a JAX trace of those steps to ``<workdir>/profile``; () none.
+    profile_python: the trace also records every Python call (JAX's Python tracer): for input-pipeline
+    stalls; it slows the traced steps many times over (``run.profiling``).
     compilation_cache_dir: relative paths are under the workdir; "" turns the cache off.
     """
 
@@ -45,6 +47,7 @@ class TrainConfig:
     export_hf: bool = True
     freeze: tuple[str, ...] = config_fields.field((), config_fields.each(config_fields.one_of(*lora.FREEZE_GROUPS)))
     profile_steps: tuple[int, ...] = config_fields.field((), profiling.check_steps)
+    profile_python: bool = False
     compilation_cache_dir: str = "compilation_cache"
 
     def __post_init__(self):
@@ -194,7 +197,7 @@ def _maybe_evaluate(r: Run, step: int, last: bool) -> dict[str, float]:
 def _sft_loop(r: Run) -> dict[str, float]:
     step_fn = sft.make_sft_step(r.graphdef, r.optimizer, r.config.sft)
     num_steps, eval_metrics, timer = r.config.train.num_steps, {}, IntervalTimer()
-    profiler = profiling.StepProfiler(r.config.train.profile_steps, r.workdir)
+    profiler = profiling.StepProfiler(r.config.train.profile_steps, r.workdir, r.config.train.profile_python)
     for step in range(r.start_step + 1, num_steps + 1):
         batch = next(r.iterator)
         a = batch.arrays
@@ -236,7 +239,7 @@ def _grpo_loop(r: Run) -> dict[str, float]:
     reference = grpo.make_reference_logprobs(r.graphdef, g)
     base_key = jax.random.wrap_key_data(np.asarray(r.state.rng))  # a copy: the step donates the state
     eval_metrics, timer = {}, IntervalTimer()
-    profiler = profiling.StepProfiler(r.config.train.profile_steps, r.workdir)
+    profiler = profiling.StepProfiler(r.config.train.profile_steps, r.workdir, r.config.train.profile_python)
     for step in range(r.start_step + 1, num_steps + 1):
         batch = next(r.iterator)
         profiler.before(step)

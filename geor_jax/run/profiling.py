@@ -27,17 +27,20 @@ def check_steps(steps: tuple[int, ...]) -> str | None:
 
 
 class StepProfiler:
-    """Starts the trace before step ``first`` and stops it once step ``last`` has run."""
+    """Starts the trace before step ``first`` and stops it once step ``last`` has run; ``python`` also traces
+    Python calls."""
 
-    def __init__(self, steps: tuple[int, ...], workdir: str):
+    def __init__(self, steps: tuple[int, ...], workdir: str, python: bool = False):
         self.steps, self.target = steps, paths.as_path(workdir) / PROFILE_DIR
+        self.options = jax.profiler.ProfileOptions()
+        self.options.python_tracer_level = 1 if python else 0
         self.local = None
 
     def before(self, step: int) -> None:
         """Call before running ``step``."""
         if self.steps and step == self.steps[0]:
             self.local = tempfile.mkdtemp(prefix="geor_jax_profile_") if paths.is_url(self.target) else str(self.target)
-            jax.profiler.start_trace(self.local)
+            jax.profiler.start_trace(self.local, profiler_options=self.options)
 
     def after(self, step: int, outputs) -> None:
         """Call after ``step`` with its outputs (waited for, so the trace holds the whole step)."""
