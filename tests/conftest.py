@@ -10,3 +10,9 @@ import process_env
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + process_env.xla_flags(8)).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+def pytest_collection_modifyitems(items):
+    """Slow tests first (a stable sort): with ``-n 2`` the workers then end together, instead of one waiting
+    out a two-minute launch test that happened to be scheduled last."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

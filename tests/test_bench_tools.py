@@ -85,18 +85,17 @@ def test_plan_state_bytes_are_exact_and_shard():
     assert one.state_bytes / 4 <= four.state_bytes < 0.4 * one.state_bytes
 
 
-# A 56x56 bucket (4x4 patches), or native sizing's worst case at max_pixels 56*56: a full 16-patch slot.
-@pytest.mark.parametrize("images", [plan_memory.Images(grid=(1, 4, 4)), plan_memory.Images(slot=16)])
-def test_plan_sft_step_updates_the_state_in_place(images):
-    plan = _plan(2)
+# Each image layout is planned once (each plan compiles a whole step: ~20 s here): a 56x56 bucket (4x4
+# patches) for SFT, native sizing's worst case at max_pixels 56*56 (a full 16-patch slot) for GRPO.
+def test_plan_sft_step_updates_the_state_in_place():
+    plan, images = _plan(2), plan_memory.Images(grid=(1, 4, 4))
     (phase,) = plan_memory.plan_sft(plan, batch=2, seq=48, target_len=16, images=images, micro_batches=1)
     assert phase.aliased >= 0.99 * plan.state_bytes  # the donated train state is updated in place
     assert phase.peak > plan.state_bytes and phase.temporaries > 0
 
 
-@pytest.mark.parametrize("images", [plan_memory.Images(grid=(1, 4, 4)), plan_memory.Images(slot=16)])
-def test_plan_grpo_rollout_phases_grow_with_group_size(images):
-    plan = _plan(2)
+def test_plan_grpo_rollout_phases_grow_with_group_size():
+    plan, images = _plan(2), plan_memory.Images(slot=16)
 
     def phases(group_size):
         return plan_memory.plan_grpo(plan, prompts=2, group_size=group_size, prompt_len=24, completion_len=8,

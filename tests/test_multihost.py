@@ -7,6 +7,7 @@ import sys
 import textwrap
 
 import process_env
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -67,6 +68,7 @@ def test_two_processes_build_one_global_batch(tmp_path):
     assert lines == [f"process {i}/2 devices 4 shape (4,) sum 60.0 native (4, 12, 5) (4, 6) 200.0" for i in range(2)]
 
 
+@pytest.mark.slow
 def test_two_processes_evaluate_every_example_once_as_one_process_does(tmp_path):
     """launch/evaluate.py on 2 processes x 2 devices and on 1 process x 4 (the same data=4 mesh): the 11
     test images (not a multiple of the batch of 4, nor of the 2 hosts) are all evaluated exactly once,
