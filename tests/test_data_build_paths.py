@@ -221,3 +221,58 @@ def test_worker_processes_do_not_rerun_the_launching_script(single, tmp_path):
     assert run.returncode == 0, run.stderr
     assert imports.read_text().split() == ["__main__"]  # never "__mp_main__": no worker ran the script
     assert records_of(os.path.join(data_dir, "geo_cor_records", "mp16_pro", "1.1.0")) == expected
+
+
+def test_a_killed_build_leaves_no_worker_behind_and_builds_again(single, tmp_path):
+    """SIGKILL of a build with worker processes, while they decode: every process it started ends by itself
+    (none waits forever on a queue nobody writes), and the same command then builds the same records."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    manual, expected, _, _ = single
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    started = tmp_path / "started.txt"
+    script = tmp_path / "killed_build.py"
+    script.write_text(
+        "import os, signal, sys, psutil\n"
+        "from geor_jax import regions\n"
+        "from geor_jax.data import builder\n"
+        "def die(points):  # the first chunk's images are with the workers now\n"
+        "    pids = [p.pid for p in psutil.Process().children(recursive=True)]\n"
+        "    open(sys.argv[3], 'w').write(' '.join(map(str, pids)))\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "if sys.argv[4] == 'kill':\n"
+        "    regions.chain_of_region = die\n"
+        "builder.build_records('mp16_pro', sys.argv[1], sys.argv[2], num_workers=2, chunk_size=5,\n"
+        "                      max_bad_fraction=0.5, max_missing_fraction=0.5)\n")
+    data_dir = tmp_path / "data"
+
+    def run(mode):
+        """The script's exit status and stderr (a file: orphaned workers would hold a pipe open)."""
+        with open(tmp_path / f"{mode}.err", "w+") as err:
+            code = subprocess.run([sys.executable, str(script), manual, str(data_dir), str(started), mode],
+                                  cwd=root, stdout=subprocess.DEVNULL, stderr=err, timeout=300,
+                                  env={**os.environ, "PYTHONPATH": root}).returncode
+            err.seek(0)
+            return code, err.read()
+
+    code, err = run("kill")
+    assert code == -signal.SIGKILL, err
+    pids = [int(p) for p in started.read_text().split()]
+    assert len(pids) >= 3  # the forkserver and its 2 workers (and multiprocessing's resource tracker)
+
+    def alive(pid):
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    deadline = time.monotonic() + 30
+    while any(map(alive, pids)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(map(alive, pids)), [pid for pid in pids if alive(pid)]
+    code, err = run("build")
+    assert code == 0, err
+    assert records_of(os.path.join(data_dir, "geo_cor_records", "mp16_pro", "1.1.0")) == expected

@@ -15,8 +15,9 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import multiprocessing
-import multiprocessing.context
+import os
 import sys
+import threading
 import types
 from collections.abc import Iterator, Sequence
 
@@ -51,6 +52,18 @@ class _WorkerContext(type(_BASE)):
     Process = _WorkerProcess
 
 
+def _exit_with_parent() -> None:
+    """Worker initializer: end this worker when the build's process dies. A SIGKILLed build would otherwise
+    leave its workers (and through them the forkserver) waiting forever on a queue nobody writes."""
+    parent = multiprocessing.parent_process()
+
+    def watch():
+        parent.join()
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 class ImageLoader:
     """Reads and encodes images in order: in this process (``num_workers=0``) or in worker processes."""
 
@@ -61,7 +74,8 @@ class ImageLoader:
             context = _WorkerContext()
             if _METHOD == "forkserver":
                 context.set_forkserver_preload([__name__])
-            self.pool = concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=context)
+            self.pool = concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=context,
+                                                             initializer=_exit_with_parent)
 
     def submit(self, sources: Sequence[archives.Source]) -> Iterator[tuple[bytes | None, str]]:
         """(bytes, "") or (None, error) per source, in order; work starts now when there are workers."""
